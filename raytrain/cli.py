@@ -1,0 +1,92 @@
+"""`raytrain` command line: parse -> build -> run -> summarise. The only layer that knows every other one."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from raytrain.errors import EXIT_USER_ERROR, UserError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="raytrain", description="Train models faster on Ray.")
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    def experiment_verb(name: str, help_text: str) -> argparse.ArgumentParser:
+        v = sub.add_parser(name, help=help_text)
+        v.add_argument("experiment", help="experiment YAML")
+        v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                       help="override one key (repeatable), validated like the file")
+        return v
+
+    t = experiment_verb("train", "train one experiment on Ray Train")
+    t.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    experiment_verb("validate", "check an experiment YAML without running it")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse already printed its one-line usage error
+        return EXIT_USER_ERROR if e.code else 0
+    try:
+        return _dispatch(args)
+    except UserError as e:
+        print(f"raytrain: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("raytrain: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args) -> int:
+    from raytrain.config import load_experiment
+
+    exp = load_experiment(args.experiment, args.overrides)
+    if args.verb == "validate":
+        from raytrain.trainer import preflight
+
+        prep = preflight(exp)
+        print(f"{args.experiment}: ok ({exp.name}: {exp.model.name} on {exp.data.dataset}, "
+              f"{prep.info.n_train} train examples, shape {prep.info.in_shape}, {prep.info.num_classes} classes)")
+        return 0
+    return _train(exp, args.resume)
+
+
+def _train(exp, resume) -> int:
+    from raytrain import runtime
+
+    runtime.bound_ray_train_waits()  # before ray.data is imported: its logging reads the env at import
+    from raytrain import trainer
+
+    with runtime.ray_session():
+        url = runtime.dashboard_url()
+        if url:
+            print(f"[raytrain] Ray dashboard: {url}", flush=True)
+        summary = trainer.run(exp, resume)
+    _print_summary(summary)
+    return 0 if summary["status"] != "failed" else 1
+
+
+def _print_summary(s: dict) -> None:
+    m = s["final"]
+    print("\n== raytrain summary ==")
+    print(f"status      {s['status']}" + (f": {s['error']}" if s.get("error") else ""))
+    if "val_accuracy" in m:
+        print(f"val acc     {m['val_accuracy']:.4f} after {m.get('epoch')} epoch(s) (val loss {m['val_loss']:.4f})")
+        print(f"throughput  {m['samples_per_s']:.0f} samples/s, {m['step_ms']:.1f} ms/step, precision {m['precision']}")
+    if "time_to_target_s" in m:
+        print(f"to target   {m['time_to_target_s']:.1f} s ({m['time_to_target_epochs']} epochs of training)")
+    if "params_total" in m:
+        print(f"model       {m['params_nonzero']:,}/{m['params_total']:,} non-zero params, "
+              f"{m['flops_per_sample'] / 1e6:.2f} MFLOPs/sample forward")
+    print(f"wall time   {s['wall_s']:.1f} s")
+    print(f"checkpoint  {s['checkpoint']}")
+    print(f"logs        {s['metrics_log']}  (summary: {s['run_dir']}/result.json)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Model zoo (pure PyTorch, nothing of Ray). Every builder takes (in_shape, num_classes, width).
+
+Zoo models are `nn.Sequential`s of top-level blocks on purpose: the pipeline splitter cuts
+between blocks, and the dependency-graph pruner sees plain modules.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Callable
+
+import torch
+from torch import nn
+
+from raytrain.errors import UserError
+
+
+def _ch(base: int, width: float) -> int:
+    return max(4, int(round(base * width)))
+
+
+def cnn(in_shape, num_classes: int, width: float = 1.0) -> nn.Sequential:
+    """The 2-conv/2-fc net of PyTorch's classic MNIST example (logits instead of log_softmax)."""
+    c, h, w = _image_shape(in_shape, "cnn")
+    c1, c2, hidden = _ch(32, width), _ch(64, width), _ch(128, width)
+    flat = c2 * ((h - 4) // 2) * ((w - 4) // 2)
+    if flat <= 0:
+        raise UserError(f"model.name cnn: input {h}x{w} is too small (needs at least 6x6)")
+    return nn.Sequential(
+        nn.Conv2d(c, c1, 3), nn.ReLU(), nn.Conv2d(c1, c2, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25),
+        nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(), nn.Dropout(0.5), nn.Linear(hidden, num_classes),
+    )
+
+
+def mlp(in_shape, num_classes: int, width: float = 1.0) -> nn.Sequential:
+    """Two hidden layers, no dropout (deterministic: the DDP-equivalence tests rely on it)."""
+    n_in, hidden = int(torch.Size(in_shape).numel()), _ch(256, width)
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+        nn.Linear(hidden, num_classes),
+    )
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 conv-BN, identity (or 1x1 projection) shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+def resnet(in_shape, num_classes: int, width: float = 1.0) -> nn.Sequential:
+    """A small CIFAR-style ResNet: stem, three stages of basic blocks (stride 1, 2, 2), pooled head."""
+    c, _, _ = _image_shape(in_shape, "resnet")
+    w1, w2, w3 = _ch(16, width), _ch(32, width), _ch(64, width)
+    return nn.Sequential(
+        nn.Sequential(nn.Conv2d(c, w1, 3, 1, 1, bias=False), nn.BatchNorm2d(w1), nn.ReLU()),
+        BasicBlock(w1, w1, 1), BasicBlock(w1, w2, 2), BasicBlock(w2, w3, 2),
+        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(w3, num_classes)),
+    )
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand, 3x3 depthwise, 1x1 linear projection; residual when shapes match."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int = 4):
+        super().__init__()
+        mid = cin * expand
+        self.use_res = stride == 1 and cin == cout
+        self.block = nn.Sequential(
+            nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU6(),
+            nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False), nn.BatchNorm2d(mid), nn.ReLU6(),
+            nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout),
+        )
+
+    def forward(self, x):
+        out = self.block(x)
+        return x + out if self.use_res else out
+
+
+def mobilenet(in_shape, num_classes: int, width: float = 1.0) -> nn.Sequential:
+    """A small MobileNetV2: depthwise-separable inverted residuals with BN; about 3x fewer FLOPs than resnet."""
+    c, _, _ = _image_shape(in_shape, "mobilenet")
+    w1, w2, w3, head = _ch(16, width), _ch(24, width), _ch(48, width), _ch(128, width)
+    return nn.Sequential(
+        nn.Sequential(nn.Conv2d(c, w1, 3, 1, 1, bias=False), nn.BatchNorm2d(w1), nn.ReLU6()),
+        InvertedResidual(w1, w1, 1), InvertedResidual(w1, w2, 2), InvertedResidual(w2, w2, 1),
+        InvertedResidual(w2, w3, 2), InvertedResidual(w3, w3, 1),
+        nn.Sequential(nn.Conv2d(w3, head, 1, bias=False), nn.BatchNorm2d(head), nn.ReLU6(),
+                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(head, num_classes)),
+    )
+
+
+ZOO: dict[str, Callable[..., nn.Module]] = {"cnn": cnn, "mlp": mlp, "resnet": resnet, "mobilenet": mobilenet}
+
+
+def _image_shape(in_shape, name: str):
+    if len(in_shape) != 3:
+        raise UserError(f"model.name {name}: needs image input (C, H, W), data has shape {tuple(in_shape)}; "
+                        "use mlp or set data.shape")
+    return in_shape
+
+
+def resolve_builder(name: str) -> Callable[..., nn.Module]:
+    """The builder for a zoo name or "package.module:function" (checked here, before anything starts)."""
+    if name in ZOO:
+        return ZOO[name]
+    mod_name, sep, fn_name = name.partition(":")
+    if not sep or not mod_name or not fn_name:
+        raise UserError(f"model.name {name!r}: not one of {', '.join(ZOO)} nor \"package.module:function\"")
+    try:
+        module = importlib.import_module(mod_name)
+    except Exception as e:  # any import-time failure of user code is the user's to fix
+        raise UserError(f"model.name {name!r}: cannot import {mod_name} ({type(e).__name__}: {e})") from None
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise UserError(f"model.name {name!r}: {mod_name} has no function {fn_name}")
+    try:
+        inspect.signature(fn).bind((1, 8, 8), 10)
+    except TypeError:
+        raise UserError(f"model.name {name!r}: {fn_name} must accept (in_shape, num_classes)") from None
+    except ValueError:
+        pass  # builtins without a signature: let the call decide
+    return lambda in_shape, num_classes, width=1.0: fn(tuple(in_shape), num_classes)
+
+
+def build_model(name: str, in_shape, num_classes: int, width: float = 1.0) -> nn.Module:
+    model = resolve_builder(name)(tuple(in_shape), num_classes, width)
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model.name {name!r}: returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def check_model(name: str, in_shape, num_classes: int, width: float = 1.0) -> nn.Module:
+    """Build on the driver and run one example through it, so shape errors surface before Ray starts."""
+    model = build_model(name, in_shape, num_classes, width)
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(2, *in_shape))
+    except Exception as e:
+        raise UserError(f"model.name {name!r}: forward pass on input {tuple(in_shape)} failed ({type(e).__name__}: {e})") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserError(f"model.name {name!r}: output {got}, expected (batch, {num_classes})")
+    return model

@@ -1,0 +1,81 @@
+"""Connecting to Ray, and checking that a request can ever be satisfied before Ray waits for it."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+import ray
+
+from raytrain.errors import UserError
+
+# Bound every wait Ray Train does on our behalf (its defaults retry the controller forever).
+WORKER_GROUP_START_TIMEOUT_S = "30"
+CONTROLLER_FAILURE_LIMIT = 1
+
+
+def bound_ray_train_waits() -> None:
+    """Give worker-group start-up a deadline and quiet per-epoch chatter; set before Ray starts so
+    the controller, workers and Ray Data actors inherit it."""
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", WORKER_GROUP_START_TIMEOUT_S)
+    # Train V2 re-logs every print() through its structured logger, so worker lines showed twice.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")  # one "Starting execution..." per epoch per split otherwise
+
+
+@contextmanager
+def ray_session(num_cpus: int | None = None):
+    """Use the running Ray (tests, Tune trials), the cluster at RAY_ADDRESS, or start an embedded one.
+
+    Only an embedded Ray we started is shut down on exit. Its dashboard binds to 127.0.0.1.
+    """
+    bound_ray_train_waits()
+    if ray.is_initialized():
+        yield False
+        return
+    # Workers import user models ("package.module:function") from the launch directory.
+    path = os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)
+    runtime_env = {"env_vars": {"PYTHONPATH": path, "RAY_DATA_LOG_LEVEL": os.environ["RAY_DATA_LOG_LEVEL"]}}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=True)
+        started = False
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", runtime_env=runtime_env,
+                 configure_logging=True, logging_level="WARNING")
+        started = True
+    try:
+        yield started
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def dashboard_url() -> str | None:
+    try:
+        url = ray.get_runtime_context().dashboard_url if hasattr(ray.get_runtime_context(), "dashboard_url") else None
+        url = url or ray.worker.get_dashboard_url()
+    except Exception:
+        return None
+    return f"http://{url}" if url and not url.startswith("http") else url
+
+
+def autoscaling_allowed() -> bool:
+    """True when the cluster may grow to meet a request (set RAYTRAIN_AUTOSCALING=1 on autoscaling clusters)."""
+    return os.environ.get("RAYTRAIN_AUTOSCALING", "0") == "1"
+
+
+def check_fits(workers: int, cpus_per_worker: float, use_gpu: bool, extra: dict | None = None) -> None:
+    """Refuse (UserError) a worker group the cluster can never hold, instead of letting Ray wait for it."""
+    if autoscaling_allowed():
+        return
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    need = {"CPU": float(cpus_per_worker), **({"GPU": 1.0} if use_gpu else {}), **(extra or {})}
+    total = {k: sum(n["Resources"].get(k, 0.0) for n in nodes) for k in need}
+    for key, per_worker in need.items():
+        if total[key] < per_worker * workers:
+            what = {"CPU": "parallel.workers x parallel.cpus_per_worker", "GPU": "parallel.use_gpu"}.get(key, key)
+            raise UserError(f"{what}: {workers} worker(s) need {per_worker * workers:g} {key} but the cluster has "
+                            f"{total[key]:g} (set RAYTRAIN_AUTOSCALING=1 if it autoscales)")
+    if not any(all(n["Resources"].get(k, 0.0) >= v for k, v in need.items()) for n in nodes):
+        raise UserError(f"parallel: no single node has {need} for one worker")
+

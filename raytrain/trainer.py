@@ -1,0 +1,150 @@
+"""Driver side of one experiment: prepare data, check it can run, build the TorchTrainer, fit, summarise.
+
+Everything that can be refused is refused here, before Ray is asked to wait for anything.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional
+
+import ray
+import ray.data
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, UserCallback
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from raytrain import data as data_mod
+from raytrain.config import Experiment, to_yaml
+from raytrain.errors import UserError
+from raytrain.models import check_model
+from raytrain.runtime import CONTROLLER_FAILURE_LIMIT, check_fits
+from raytrain.techniques.pruning import check_structured_supported
+from raytrain.worker import train_loop_per_worker
+
+RAY_RUN_NAME = "train"  # Ray Train's storage folder inside a run dir: <run_dir>/train/checkpoint_*
+COLLECTIVE_TIMEOUT_S = 120  # a rank that dies mid-collective fails the group within this, never hangs it
+
+
+@dataclass
+class Prepared:
+    exp: Experiment
+    info: data_mod.DataInfo
+
+
+def new_run_dir(exp: Experiment) -> Path:
+    """<output>/<name>/<timestamp>[-k]/, created exclusively: never another run's folder."""
+    base = Path(exp.output) / exp.name
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for k in range(1000):
+        cand = base / (stamp if k == 0 else f"{stamp}-{k}")
+        try:
+            cand.mkdir(parents=True, exist_ok=False)
+            return cand.resolve()
+        except FileExistsError:
+            continue
+    raise UserError(f"output: cannot create a new run folder under {base}")
+
+
+def preflight(exp: Experiment) -> Prepared:
+    """Data and model checks that need no cluster: bad input fails here, in one line."""
+    info = data_mod.prepare(exp.data, exp.seed, Path(exp.output) / ".cache" / "data")
+    if info.n_train < exp.parallel.workers:
+        raise UserError(f"parallel.workers {exp.parallel.workers}: more workers than training examples ({info.n_train})")
+    model = check_model(exp.model.name, info.in_shape, info.num_classes, exp.model.width)
+    if exp.pruning.method == "structured":
+        import torch
+
+        check_structured_supported(model, torch.zeros(1, *info.in_shape))
+    return Prepared(exp, info)
+
+
+class MetricsLog(UserCallback):
+    """Appends every report (epoch metrics, checkpoint path) to <run_dir>/metrics.jsonl as it happens."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        row = dict(metrics[0])
+        if checkpoint is not None:
+            row["checkpoint"] = checkpoint.path
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def build_trainer(prep: Prepared, run_dir: Path, launch_time: float, callbacks: Optional[list] = None) -> TorchTrainer:
+    exp, info = prep.exp, prep.info
+    par = exp.parallel
+    # Read once and materialise on the driver, before the workers take the CPUs: on a 2-CPU node
+    # the workers hold every CPU, so nothing of Ray Data may need one while training runs.
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = ctx.enable_operator_progress_bars = False  # per-epoch lines are the progress
+    datasets = {name: ray.data.read_parquet(path).materialize()
+                for name, path in (("train", info.train_path), ("val", info.val_path))}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"experiment": exp.model_dump(mode="json"), "data": info.to_json(), "launch_time": launch_time},
+        torch_config=TorchConfig(backend="nccl" if par.use_gpu else "gloo", timeout_s=COLLECTIVE_TIMEOUT_S),
+        scaling_config=ScalingConfig(num_workers=par.workers, use_gpu=par.use_gpu,
+                                     resources_per_worker={"CPU": par.cpus_per_worker}),
+        run_config=RunConfig(
+            name=RAY_RUN_NAME, storage_path=str(run_dir),
+            checkpoint_config=CheckpointConfig(num_to_keep=exp.checkpoint.keep),
+            failure_config=FailureConfig(max_failures=par.max_failures, controller_failure_limit=CONTROLLER_FAILURE_LIMIT),
+            logging_config=LoggingConfig(log_level="WARNING"),  # our epoch lines, not per-report INFO chatter
+            callbacks=[MetricsLog(str(run_dir / "metrics.jsonl"))] + list(callbacks or []),
+        ),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split="all"),
+    )
+
+
+def run(exp: Experiment, resume: Optional[Path] = None) -> dict[str, Any]:
+    """Train `exp` (in a new run dir, or continuing `resume`); returns the summary also written to result.json."""
+    launch = time.time()
+    if resume is not None:
+        run_dir = resume.resolve()
+        if not (run_dir / RAY_RUN_NAME).is_dir():
+            raise UserError(f"--resume {resume}: not a raytrain run folder (no {RAY_RUN_NAME}/ inside)")
+    prep = preflight(exp)
+    check_fits(exp.parallel.workers, exp.parallel.cpus_per_worker, exp.parallel.use_gpu)
+    if resume is None:
+        run_dir = new_run_dir(exp)
+    (run_dir / ("config.yaml" if resume is None else f"config.resume-{int(launch)}.yaml")).write_text(to_yaml(exp))
+    print(f"[raytrain] run {run_dir}  ({prep.info.n_train} train / {prep.info.n_val} val examples, "
+          f"shape {prep.info.in_shape}, {prep.info.num_classes} classes, {exp.parallel.workers} worker(s))", flush=True)
+    trainer = build_trainer(prep, run_dir, launch)
+    error = None
+    try:
+        result = trainer.fit()
+        metrics, checkpoint = dict(result.metrics or {}), result.checkpoint
+    except ray.train.TrainingFailedError as e:
+        error, metrics, checkpoint = _first_line(e), _last_metrics(run_dir), None
+    summary = {
+        "run_dir": str(run_dir), "status": "failed" if error else metrics.get("stop_reason", "completed"),
+        "error": error, "wall_s": time.time() - launch, "final": metrics,
+        "checkpoint": checkpoint.path if checkpoint else _last_checkpoint(run_dir),
+        "metrics_log": str(run_dir / "metrics.jsonl"), "config": exp.model_dump(mode="json"),
+    }
+    (run_dir / "result.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return next((ln for ln in text.splitlines() if ln.strip()), type(e).__name__)[:300]
+
+
+def _last_metrics(run_dir: Path) -> dict:
+    log = run_dir / "metrics.jsonl"
+    rows = log.read_text().splitlines() if log.is_file() else []
+    return json.loads(rows[-1]) if rows else {}
+
+
+def _last_checkpoint(run_dir: Path) -> Optional[str]:
+    cps = sorted(d for d in (run_dir / RAY_RUN_NAME).glob("checkpoint_*") if d.is_dir())
+    return str(cps[-1]) if cps else None
