@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import ray
 import ray.data
+import torch
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -22,7 +23,7 @@ from raytrain.config import Experiment, to_yaml
 from raytrain.errors import UserError
 from raytrain.models import check_model
 from raytrain.runtime import CONTROLLER_FAILURE_LIMIT, check_fits
-from raytrain.techniques.pruning import check_structured_supported
+from raytrain.techniques.pruning import check_supported
 from raytrain.worker import train_loop_per_worker
 
 RAY_RUN_NAME = "train"  # Ray Train's storage folder inside a run dir: <run_dir>/train/checkpoint_*
@@ -55,10 +56,8 @@ def preflight(exp: Experiment) -> Prepared:
     if info.n_train < exp.parallel.workers:
         raise UserError(f"parallel.workers {exp.parallel.workers}: more workers than training examples ({info.n_train})")
     model = check_model(exp.model.name, info.in_shape, info.num_classes, exp.model.width)
-    if exp.pruning.method == "structured":
-        import torch
-
-        check_structured_supported(model, torch.zeros(1, *info.in_shape))
+    if exp.pruning.method != "none":
+        check_supported(model, exp.pruning.method, torch.zeros(1, *info.in_shape))
     return Prepared(exp, info)
 
 
@@ -135,6 +134,12 @@ def run(exp: Experiment, resume: Optional[Path] = None) -> dict[str, Any]:
 
 
 def _first_line(e: Exception) -> str:
+    """The root cause in one line: for worker errors, the first failing rank's exception."""
+    failures = getattr(e, "worker_failures", None)
+    if failures:
+        rank, err = sorted(failures.items())[0]
+        lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+        return f"rank {rank}: {lines[-1] if lines else type(err).__name__}"[:300]
     text = str(e).strip()
     return next((ln for ln in text.splitlines() if ln.strip()), type(e).__name__)[:300]
 

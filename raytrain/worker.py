@@ -137,12 +137,13 @@ def _prune_if_due(s: Session, epoch: int) -> None:
     target = pruning.target_ratio(cfg, epoch, s.exp.pruning_end_epoch)
     if target <= s.pruned + 1e-9:
         return
-    raw = s.raw.cpu()
+    # Pruning flattens weights with .view(): give it the default layout; channels_last is re-applied after.
+    raw = s.raw.cpu().to(memory_format=torch.contiguous_format)
     if cfg.method == "magnitude":
         pruning.apply_magnitude_pruning(raw, target)
     else:
         example = torch.zeros(1, *s.info.in_shape)
-        pruning.apply_structured_pruning(raw.to(memory_format=torch.contiguous_format), pruning.ratio_increment(s.pruned, target), example)
+        pruning.apply_structured_pruning(raw, pruning.ratio_increment(s.pruned, target), example)
     s.pruned = target
     # Rebuild DDP around the new parameters; keep optimizer state only for parameters that survived.
     s.model = prepare_model(raw, s.env.device, s.env.channels_last, s.exp.train.compile, _wrap_ddp)
@@ -216,11 +217,24 @@ def _stop_reason(s: Session, epoch: int, metrics: dict) -> Optional[str]:
     return reason
 
 
+def _rank_spread(raw: nn.Module) -> float:
+    """max - min across ranks of a position-weighted parameter checksum: 0.0 iff ranks agree."""
+    with torch.no_grad():
+        flat = torch.cat([p.detach().double().flatten().cpu() for p in raw.parameters()])
+        check = (flat * (1 + torch.arange(flat.numel(), dtype=torch.float64) % 7)).sum()
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0.0
+    hi, lo = check.clone(), -check.clone()
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    dist.all_reduce(lo, op=dist.ReduceOp.MAX)
+    return float(hi + lo)
+
+
 def _model_stats(s: Session) -> dict:
     total, nonzero = pruning.param_counts(s.raw)
     wt, wnz = pruning.weight_sparsity_counts(s.raw)
-    return {"params_total": total, "params_nonzero": nonzero, "weight_sparsity": 1 - wnz / max(wt, 1),
-            "flops_per_sample": pruning.forward_flops(s.raw, s.info.in_shape)}
+    return {"rank_weight_spread": _rank_spread(s.raw), "params_total": total, "params_nonzero": nonzero,
+            "weight_sparsity": 1 - wnz / max(wt, 1), "flops_per_sample": pruning.forward_flops(s.raw, s.info.in_shape)}
 
 
 def _progress_line(m: dict, epochs: int) -> str:

@@ -100,14 +100,24 @@ def apply_structured_pruning(model: nn.Module, ratio: float, example_inputs: tor
     return model
 
 
-def check_structured_supported(model: nn.Module, example_inputs: torch.Tensor) -> None:
-    """Raise UserError before training if torch-pruning cannot trace `model` (probe on a copy)."""
+def check_supported(model: nn.Module, method: str, example_inputs: torch.Tensor) -> None:
+    """Raise UserError before training if `method` cannot prune `model` (structured: probed on a copy)."""
     import copy
 
-    probe = copy.deepcopy(model)
-    apply_structured_pruning(probe, 0.25, example_inputs)
-    with torch.no_grad():
-        probe.eval()(example_inputs)
+    layers = len(_prunable(model))
+    if method == "magnitude" and layers == 0:
+        raise UserError("pruning.method magnitude: the model has no Conv/Linear weights to prune")
+    if method == "structured":
+        if layers < 2:
+            raise UserError("pruning.method structured: the model has no prunable layer besides its classifier")
+        probe = copy.deepcopy(model)
+        apply_structured_pruning(probe, 0.25, example_inputs)
+        try:
+            with torch.no_grad():
+                probe.eval()(example_inputs)
+        except Exception as e:
+            raise UserError(f"pruning.method structured: the pruned model no longer runs ({type(e).__name__}: "
+                            f"{str(e)[:120]}); use magnitude") from None
 
 
 def resize_like(model: nn.Module, state_dict: dict) -> nn.Module:

@@ -1,0 +1,242 @@
+"""Each speed technique against a reference oracle (pure PyTorch, no Ray)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+from raytrain import checkpoint as ckpt
+from raytrain.config import EarlyStoppingConfig, PruningConfig, ScheduleConfig
+from raytrain.loop import SchedulerStepper, StepEnv, train_epoch
+from raytrain.models import build_model
+from raytrain.techniques import pruning
+from raytrain.techniques.early_stopping import EarlyStopper
+from raytrain.techniques.memory_format import apply_channels_last, wants_channels_last
+from raytrain.techniques.precision import autocast, make_grad_scaler, resolve_precision
+from raytrain.techniques.schedule import build_scheduler
+
+CPU = torch.device("cpu")
+
+
+def _lrs(cfg: ScheduleConfig, epochs=4, steps=5, lr=0.1):
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
+    sched = build_scheduler(opt, cfg, epochs, steps, lr)
+    out = []
+    for _ in range(epochs * steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_cosine_with_warmup_matches_closed_form():
+    lr, steps, epochs, warm = 0.1, 5, 4, 5  # one warmup epoch of 5 steps
+    got = _lrs(ScheduleConfig(name="cosine", warmup_epochs=1, warmup_start_factor=0.1), epochs, steps, lr)
+    t_max = epochs * steps - warm
+    want = [lr * (0.1 + 0.9 * i / warm) for i in range(warm)]
+    want += [0.5 * lr * (1 + math.cos(math.pi * j / t_max)) for j in range(epochs * steps - warm)]
+    assert_close(torch.tensor(got), torch.tensor(want), rtol=1e-6, atol=1e-9)
+
+
+def test_step_schedule_decays_per_epoch():
+    got = _lrs(ScheduleConfig(name="step", step_size=1, gamma=0.7), epochs=3, steps=4)
+    want = [0.1 * 0.7 ** (i // 4) for i in range(12)]
+    assert_close(torch.tensor(got), torch.tensor(want))
+
+
+def test_onecycle_peaks_at_pct_start_and_constant_stays():
+    got = _lrs(ScheduleConfig(name="onecycle", pct_start=0.25), epochs=4, steps=5)
+    assert max(got) == pytest.approx(0.1) and got.index(max(got)) == round(0.25 * 20) - 1
+    assert got[0] == pytest.approx(0.1 / 25) and got[-1] < 1e-3
+    assert _lrs(ScheduleConfig(name="constant")) == [0.1] * 20
+
+
+def test_schedule_resumes_from_checkpoint(tmp_path):
+    cfg = ScheduleConfig(name="cosine", warmup_epochs=1)
+
+    def make():
+        opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
+        return opt, build_scheduler(opt, cfg, 4, 5, 0.1)
+
+    opt, sched = make()
+    full = []
+    for i in range(20):
+        if i == 7:
+            ckpt.save_state(tmp_path, {"opt": opt.state_dict(), "sched": sched.state_dict()})
+        full.append(opt.param_groups[0]["lr"])
+        opt.step(); sched.step()
+    opt2, sched2 = make()
+    state = ckpt.load_state(tmp_path)
+    opt2.load_state_dict(state["opt"]); sched2.load_state_dict(state["sched"])
+    resumed = []
+    for _ in range(13):
+        resumed.append(opt2.param_groups[0]["lr"])
+        opt2.step(); sched2.step()
+    assert_close(torch.tensor(resumed), torch.tensor(full[7:]))
+
+
+def test_autocast_dtype_seen_inside_model():
+    model = nn.Sequential(nn.Linear(4, 4))
+    seen = []
+    model[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        with autocast(precision, CPU):
+            model(torch.randn(2, 4))
+        assert seen[-1] == dtype
+
+
+def test_auto_precision_resolves_to_a_supported_dtype():
+    assert resolve_precision("auto", CPU) in ("bf16", "fp32")
+    assert resolve_precision("fp32", CPU) == "fp32"
+
+
+def test_grad_scaler_skips_step_with_inf_gradient():
+    model = nn.Linear(4, 2)
+    before = copy.deepcopy(model.state_dict())
+    model.weight.register_hook(lambda g: torch.full_like(g, float("inf")))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = make_grad_scaler("fp16", CPU)
+    assert scaler.is_enabled()
+    sched = SchedulerStepper(torch.optim.lr_scheduler.ConstantLR(opt, 1.0, 0), 10)
+    batch = [{"x": torch.randn(8, 4), "y": torch.randint(0, 2, (8,))}]
+    stats = train_epoch(model, batch, opt, sched, scaler, StepEnv(CPU, "fp32"))
+    assert stats["skipped_steps"] == 1 and sched.taken == 0
+    assert_close(model.state_dict(), before)
+
+
+def test_channels_last_auto_only_for_conv_nets():
+    cnn, mlp = build_model("cnn", (1, 8, 8), 10), build_model("mlp", (1, 8, 8), 10)
+    assert wants_channels_last("auto", cnn) and not wants_channels_last("auto", mlp)
+    apply_channels_last(cnn)
+    assert cnn[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def _sgd_steps(model, n=10):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    for _ in range(n):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(torch.randn(16, 1, 8, 8)), torch.randint(0, 10, (16,))).backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.9])
+def test_magnitude_sparsity_exact_and_kept_through_training(ratio):
+    torch.manual_seed(0)
+    model = build_model("cnn", (1, 8, 8), 10)
+    pruning.apply_magnitude_pruning(model, ratio)
+    total, nonzero = pruning.weight_sparsity_counts(model)
+    assert abs((1 - nonzero / total) - ratio) < 1.0 / total + 1e-9
+    _sgd_steps(model)
+    assert pruning.weight_sparsity_counts(model) == (total, nonzero)
+    pruning.make_pruning_permanent(model)
+    assert not any(n.endswith("_orig") for n, _ in model.named_parameters())
+    assert pruning.weight_sparsity_counts(model) == (total, nonzero)
+
+
+def test_gradual_magnitude_reaches_target_monotonically():
+    cfg = PruningConfig(method="magnitude", ratio=0.8, schedule="gradual", start_epoch=1, end_epoch=3)
+    ratios = [pruning.target_ratio(cfg, e, 3) for e in range(6)]
+    assert ratios[0] == 0 and ratios[3:] == [0.8] * 3 and ratios[1] < ratios[2] < ratios[3]
+    assert ratios[1] == pytest.approx(0.8 * (1 - (1 - 1 / 3) ** 3))  # Zhu & Gupta cubic
+    model = build_model("mlp", (1, 8, 8), 10)
+    for r in ratios:
+        pruning.apply_magnitude_pruning(model, r)
+    total, nonzero = pruning.weight_sparsity_counts(model)
+    assert abs((1 - nonzero / total) - 0.8) < 1e-3
+
+
+def _kept_rows(dense_w: torch.Tensor, pruned_w: torch.Tensor, kept_in: torch.Tensor) -> torch.Tensor:
+    """Which dense output channels survived: match pruned rows against dense rows on the kept inputs."""
+    rows = dense_w[:, kept_in].flatten(1)
+    return torch.tensor([int((rows == r).all(1).nonzero()[0]) for r in pruned_w.flatten(1)])
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_structured_pruning_equals_dense_with_channels_masked(name):
+    torch.manual_seed(0)
+    in_shape = (1, 12, 12)
+    dense = build_model(name, in_shape, 10).eval()
+    pruned = copy.deepcopy(dense)
+    pruning.apply_structured_pruning(pruned, 0.5, torch.zeros(1, *in_shape))
+    masked = copy.deepcopy(dense)
+    kinds = (nn.Linear, nn.Conv2d)
+    layers_d, layers_p, layers_m = ([m for m in net.modules() if isinstance(m, kinds)] for net in (dense, pruned, masked))
+    kept_in = torch.arange(layers_d[0].weight.shape[1])
+    for i in range(len(layers_d) - 1):  # every layer but the classifier lost output channels
+        keep = _kept_rows(layers_d[i].weight.detach(), layers_p[i].weight.detach(), kept_in)
+        n_out = layers_d[i].weight.shape[0]
+        assert len(keep) < n_out
+        spatial = layers_d[i + 1].weight.shape[1] // n_out  # conv -> flatten -> linear: a block per channel
+        drop = torch.ones(n_out, dtype=torch.bool)
+        drop[keep] = False
+        with torch.no_grad():  # the oracle: silence the removed channels where they are consumed
+            layers_m[i + 1].weight[:, drop.repeat_interleave(spatial)] = 0
+        kept_in = (keep[:, None] * spatial + torch.arange(spatial)).flatten()
+    x = torch.randn(5, *in_shape)
+    assert_close(pruned(x), masked(x), rtol=1e-5, atol=1e-5)
+    ratio = sum(p.numel() for p in pruned.parameters()) / sum(p.numel() for p in dense.parameters())
+    assert ratio < 0.35, ratio
+
+
+@pytest.mark.parametrize("name", ["resnet", "mobilenet"])
+def test_structured_pruning_through_residual_and_depthwise(name):
+    model = build_model(name, (1, 16, 16), 10)
+    before = sum(p.numel() for p in model.parameters())
+    flops_before = pruning.forward_flops(model, (1, 16, 16))
+    pruning.apply_structured_pruning(model, 0.5, torch.zeros(1, 1, 16, 16))
+    assert model(torch.randn(2, 1, 16, 16)).shape == (2, 10)
+    assert sum(p.numel() for p in model.parameters()) < 0.4 * before
+    assert pruning.forward_flops(model, (1, 16, 16)) < 0.4 * flops_before
+
+
+def test_pruned_checkpoint_restores_into_fresh_model(tmp_path):
+    model = build_model("mobilenet", (1, 8, 8), 10)
+    pruning.apply_structured_pruning(model, 0.5, torch.zeros(1, 1, 8, 8))
+    mag = build_model("cnn", (1, 8, 8), 10)
+    pruning.apply_magnitude_pruning(mag, 0.7)
+    for m, name in ((model, "mobilenet"), (mag, "cnn")):
+        ckpt.save_state(tmp_path, {"model": m.state_dict()})
+        state = ckpt.load_state(tmp_path)
+        fresh = build_model(name, (1, 8, 8), 10)
+        pruning.resize_like(fresh, state["model"])
+        pruning.restore_masks(fresh, state["model"])
+        fresh.load_state_dict(state["model"])
+        x = torch.randn(3, 1, 8, 8)
+        assert_close(fresh.eval()(x), m.eval()(x))
+
+
+def test_checkpoint_with_pickled_object_is_refused(tmp_path):
+    torch.save({"model": {}, "evil": object()}, tmp_path / ckpt.STATE_FILE)
+    with pytest.raises(Exception, match="Weights only load failed"):
+        ckpt.load_state(tmp_path)
+
+
+def test_pruning_a_model_without_prunable_layers_is_refused():
+    from raytrain.errors import UserError
+
+    with pytest.raises(UserError, match="no prunable layer besides its classifier"):
+        pruning.check_supported(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), "structured", torch.zeros(1, 1, 8, 8))
+    with pytest.raises(UserError, match="no Conv/Linear weights"):
+        pruning.check_supported(nn.Sequential(nn.Flatten()), "magnitude", torch.zeros(1, 1, 8, 8))
+
+
+def test_early_stopping_patience_on_scripted_sequence():
+    stopper = EarlyStopper(EarlyStoppingConfig(metric="val_accuracy", mode="max", patience=2, min_delta=0.01))
+    seq = [0.50, 0.60, 0.605, 0.609, 0.70, 0.70, 0.69]
+    stops = [stopper.update(e, v, float(e)) for e, v in enumerate(seq)]
+    assert stops[:3] == [None, None, None] and stops[3] is not None and "for 2 epochs" in stops[3]
+
+
+def test_early_stopping_target_records_time_to_target():
+    stopper = EarlyStopper(EarlyStoppingConfig(metric="val_loss", mode="min", patience=5, target=0.2))
+    assert stopper.update(0, 0.5, 1.0) is None
+    assert "reached at epoch 2" in stopper.update(1, 0.19, 2.5)
+    assert (stopper.target_epoch, stopper.target_seconds) == (2, 2.5)
+    again = EarlyStopper(stopper.cfg)
+    again.load_state_dict(stopper.state_dict())
+    assert again.target_epoch == 2 and again.best == 0.19
