@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from raytrain.errors import EXIT_USER_ERROR, UserError
@@ -27,13 +28,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    launch = time.time()
     parser = _parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse already printed its one-line usage error
         return EXIT_USER_ERROR if e.code else 0
     try:
-        return _dispatch(args)
+        return _dispatch(args, launch)
     except UserError as e:
         print(f"raytrain: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _dispatch(args) -> int:
+def _dispatch(args, launch: float) -> int:
     from raytrain.config import load_experiment
 
     exp = load_experiment(args.experiment, args.overrides)
@@ -53,10 +55,10 @@ def _dispatch(args) -> int:
         print(f"{args.experiment}: ok ({exp.name}: {exp.model.name} on {exp.data.dataset}, "
               f"{prep.info.n_train} train examples, shape {prep.info.in_shape}, {prep.info.num_classes} classes)")
         return 0
-    return _train(exp, args.resume)
+    return _train(exp, args.resume, launch)
 
 
-def _train(exp, resume) -> int:
+def _train(exp, resume, launch: float) -> int:
     from raytrain import runtime
 
     runtime.bound_ray_train_waits()  # before ray.data is imported: its logging reads the env at import
@@ -66,7 +68,7 @@ def _train(exp, resume) -> int:
         url = runtime.dashboard_url()
         if url:
             print(f"[raytrain] Ray dashboard: {url}", flush=True)
-        summary = trainer.run(exp, resume)
+        summary = trainer.run(exp, resume, launch)
     _print_summary(summary)
     return 0 if summary["status"] != "failed" else 1
 
@@ -83,7 +85,8 @@ def _print_summary(s: dict) -> None:
     if "params_total" in m:
         print(f"model       {m['params_nonzero']:,}/{m['params_total']:,} non-zero params, "
               f"{m['flops_per_sample'] / 1e6:.2f} MFLOPs/sample forward")
-    print(f"wall time   {s['wall_s']:.1f} s")
+    startup = f" (first step {s['first_step_s']:.1f} s after launch)" if s.get("first_step_s") else ""
+    print(f"wall time   {s['wall_s']:.1f} s{startup}")
     print(f"checkpoint  {s['checkpoint']}")
     print(f"logs        {s['metrics_log']}  (summary: {s['run_dir']}/result.json)")
 

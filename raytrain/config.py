@@ -41,7 +41,7 @@ class DataConfig(Strict):
 
 class ModelConfig(Strict):
     name: str = "cnn"
-    """cnn | mlp | resnet | mobilenet | vit, or "package.module:function" returning an nn.Module given
+    """cnn | mlp | resnet | mobilenet, or "package.module:function" returning an nn.Module given
     (in_shape, num_classes)."""
     width: float = Field(1.0, gt=0.0, le=8.0)
     """Channel/hidden-size multiplier."""

@@ -48,11 +48,13 @@ class SchedulerStepper:
 
 def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, stepper: SchedulerStepper,
                 scaler: torch.amp.GradScaler, env: StepEnv, max_grad_norm: float | None = None) -> dict:
-    """Train over `batches`; returns sums: loss_sum, correct, count, steps, skipped_steps, step_seconds."""
+    """Train over `batches`; returns sums (loss_sum, correct, count, steps, skipped_steps, step_seconds)
+    and the wall-clock time the first step finished."""
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64)
     correct = count = steps = skipped = 0
     step_seconds = 0.0
+    first_step_at = None
     for batch in batches:
         t0 = time.perf_counter()
         x, y = env.inputs(batch)
@@ -77,8 +79,9 @@ def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, ste
         count += n
         steps += 1
         step_seconds += time.perf_counter() - t0
+        first_step_at = first_step_at or time.time()
     return {"loss_sum": float(loss_sum), "correct": correct, "count": count, "steps": steps,
-            "skipped_steps": skipped, "step_seconds": step_seconds}
+            "skipped_steps": skipped, "step_seconds": step_seconds, "first_step_at": first_step_at or time.time()}
 
 
 @torch.no_grad()

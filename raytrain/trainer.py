@@ -102,9 +102,11 @@ def build_trainer(prep: Prepared, run_dir: Path, launch_time: float, callbacks: 
     )
 
 
-def run(exp: Experiment, resume: Optional[Path] = None) -> dict[str, Any]:
-    """Train `exp` (in a new run dir, or continuing `resume`); returns the summary also written to result.json."""
-    launch = time.time()
+def run(exp: Experiment, resume: Optional[Path] = None, launch: Optional[float] = None) -> dict[str, Any]:
+    """Train `exp` (in a new run dir, or continuing `resume`); returns the summary also written to result.json.
+
+    `launch` is when the user's command started (default: now), for the time-to-first-step figure."""
+    launch = launch or time.time()
     if resume is not None:
         run_dir = resume.resolve()
         if not (run_dir / RAY_RUN_NAME).is_dir():
@@ -128,6 +130,7 @@ def run(exp: Experiment, resume: Optional[Path] = None) -> dict[str, Any]:
         "error": error, "wall_s": time.time() - launch, "final": metrics,
         "checkpoint": checkpoint.path if checkpoint else _last_checkpoint(run_dir),
         "metrics_log": str(run_dir / "metrics.jsonl"), "config": exp.model_dump(mode="json"),
+        "first_step_s": _first_row(run_dir).get("first_step_s"),
     }
     (run_dir / "result.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
@@ -144,10 +147,19 @@ def _first_line(e: Exception) -> str:
     return next((ln for ln in text.splitlines() if ln.strip()), type(e).__name__)[:300]
 
 
-def _last_metrics(run_dir: Path) -> dict:
+def _rows(run_dir: Path) -> list[str]:
     log = run_dir / "metrics.jsonl"
-    rows = log.read_text().splitlines() if log.is_file() else []
+    return log.read_text().splitlines() if log.is_file() else []
+
+
+def _last_metrics(run_dir: Path) -> dict:
+    rows = _rows(run_dir)
     return json.loads(rows[-1]) if rows else {}
+
+
+def _first_row(run_dir: Path) -> dict:
+    rows = _rows(run_dir)
+    return json.loads(rows[0]) if rows else {}
 
 
 def _last_checkpoint(run_dir: Path) -> Optional[str]:

@@ -51,6 +51,7 @@ class Session:
     start_epoch: int = 0
     elapsed_s: float = 0.0
     pruned: float = 0.0
+    launch_time: Optional[float] = None  # wall clock when `raytrain train` started (for time-to-first-step)
 
 
 def _quiet_report_log() -> None:
@@ -68,6 +69,7 @@ def train_loop_per_worker(config: dict) -> None:
     torch.set_num_threads(exp.parallel.cpus_per_worker)  # Ray sets OMP_NUM_THREADS=1; use the CPUs we reserved
     _seed(exp.seed)
     s = _build_session(exp, info, ray.train.get_checkpoint())
+    s.launch_time = config.get("launch_time")
     run_epochs(s)
 
 
@@ -175,12 +177,16 @@ def run_epochs(s: Session) -> None:
         t0 = time.perf_counter()
         batches = train_it.iter_torch_batches(batch_size=bs, local_shuffle_buffer_size=max(bs * 8, 1024),
                                               local_shuffle_seed=exp.seed * 1000 + epoch * world + rank)
-        tr = _reduce(train_epoch(s.model, batches, s.optimizer, s.stepper, s.scaler, s.env, exp.train.max_grad_norm))
+        local = train_epoch(s.model, batches, s.optimizer, s.stepper, s.scaler, s.env, exp.train.max_grad_norm)
+        first_step_at = local.pop("first_step_at")
+        tr = _reduce(local)
         train_s = time.perf_counter() - t0
         va = _reduce(evaluate(s.model, val_it.iter_torch_batches(batch_size=max(bs, 256)), s.env))
         epoch_s = time.perf_counter() - t0
         s.elapsed_s += epoch_s
         metrics = _epoch_metrics(s, epoch, tr, va, train_s, epoch_s, world)
+        if s.launch_time and epoch == s.start_epoch:
+            metrics["first_step_s"] = first_step_at - s.launch_time
         stop = _stop_reason(s, epoch, metrics)
         final = stop is not None or epoch == exp.train.epochs - 1
         if final and exp.pruning.method == "magnitude":
