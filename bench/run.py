@@ -69,7 +69,7 @@ def plain_pytorch_samples_per_s(exp, threads: int) -> float:
     torch.manual_seed(0)
     info = prepare(exp.data, exp.seed, Path(exp.output) / ".cache" / "data")
     t = pq.read_table(info.train_path)
-    x = torch.from_numpy(np.stack(t.column("x").to_numpy(zero_copy_only=False)).astype(np.float32))
+    x = torch.from_numpy(np.stack(t.column("x").to_numpy(zero_copy_only=False)).astype(np.float32)).reshape(-1, *info.in_shape)
     y = torch.from_numpy(t.column("y").to_numpy())
     model = build_model(exp.model.name, info.in_shape, info.num_classes, exp.model.width)
     opt = build_optimizer(model, exp.train.optimizer)

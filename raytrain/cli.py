@@ -24,6 +24,13 @@ def _parser() -> argparse.ArgumentParser:
     t = experiment_verb("train", "train one experiment on Ray Train")
     t.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     experiment_verb("validate", "check an experiment YAML without running it")
+    sr = sub.add_parser("search", help="Ray Tune search (ASHA) over a spec: an experiment YAML + a search: block")
+    sr.add_argument("experiment", metavar="SPEC", help="search spec YAML (see search/)")
+    sr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                    help="override one key of the spec (repeatable)")
+    sr.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted search (Tuner.restore)")
+    rp = sub.add_parser("report", help="write report.html (learning curves, rungs, Pareto) for a search run")
+    rp.add_argument("run_dir", type=Path)
     return p
 
 
@@ -45,6 +52,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args, launch: float) -> int:
+    if args.verb == "report":
+        from raytrain.search.report import write_report
+
+        print(f"report: {write_report(args.run_dir)}")
+        return 0
+    if args.verb == "search":
+        return _search(args)
     from raytrain.config import load_experiment
 
     exp = load_experiment(args.experiment, args.overrides)
@@ -71,6 +85,30 @@ def _train(exp, resume, launch: float) -> int:
         summary = trainer.run(exp, resume, launch)
     _print_summary(summary)
     return 0 if summary["status"] != "failed" else 1
+
+
+def _search(args) -> int:
+    from raytrain import runtime
+    from raytrain.search.spec import load_spec
+
+    spec = load_spec(args.experiment, args.overrides)  # every bad key or value fails here, before Ray
+    runtime.bound_ray_train_waits()
+    from raytrain.search import driver
+    from raytrain.search.report import write_report
+
+    with runtime.ray_session():
+        url = runtime.dashboard_url()
+        if url:
+            print(f"[raytrain] Ray dashboard: {url}", flush=True)
+        summary = driver.run(spec, args.resume)
+    print("\n== raytrain search ==")
+    print(driver.table(summary))
+    print(f"\n{len(summary['trials'])} trials, {summary['trial_epochs']} trial-epochs, {summary['wall_s']:.0f} s")
+    print(f"results     {summary['run_dir']}/search.json  (TensorBoard: tensorboard --logdir {summary['run_dir']}/tune)")
+    if summary.get("best_yaml"):
+        print(f"best        {summary['best_yaml']}  (raytrain train {summary['best_yaml']})")
+    print(f"report      {write_report(Path(summary['run_dir']))}")
+    return 0
 
 
 def _print_summary(s: dict) -> None:

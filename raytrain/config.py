@@ -166,8 +166,6 @@ class Experiment(Strict):
             raise ValueError("train.precision fp16 on a CPU worker is 2-24x slower than fp32; use bf16 (or auto)")
         if self.data.dataset == "parquet" and not self.data.path:
             raise ValueError("data.path is required for dataset parquet")
-        if p.method != "none" and p.ratio == 0.0:
-            raise ValueError(f"pruning.ratio must be > 0 for pruning.method {p.method}")
         if p.method != "none":
             end = self.pruning_end_epoch
             if end < p.start_epoch:

@@ -1,0 +1,120 @@
+"""`raytrain report RUN_DIR`: a self-contained report.html (PNG plots inlined) from a search's search.json."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+
+from raytrain.errors import UserError
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    _plt().close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _label(r: dict) -> str:
+    return ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+                     for k, v in sorted(r["params"].items()))
+
+
+def curves(summary: dict) -> str:
+    """Validation accuracy per epoch for every trial; an x where ASHA stopped a trial early."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for r in summary["trials"]:
+        hist = [h for h in r["history"] if h.get("epoch")]
+        if not hist:
+            continue
+        xs, ys = [h["epoch"] for h in hist], [h["val_accuracy"] for h in hist]
+        line, = ax.plot(xs, ys, lw=1.2, alpha=0.8)
+        if str(r["status"]).startswith("stopped by ASHA"):
+            ax.plot(xs[-1], ys[-1], "x", color=line.get_color(), ms=9, mew=2)
+    for k in range(0, 20):  # rung epochs: grace * rf^k
+        rung = summary["grace_period"] * summary["reduction_factor"] ** k
+        if rung >= summary["max_t"]:
+            break
+        ax.axvline(rung, color="grey", ls=":", lw=0.8)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val accuracy")
+    ax.set_title("learning curves (x: stopped by ASHA, dotted: rungs)")
+    return _png(fig)
+
+
+def pareto(summary: dict) -> str:
+    """Accuracy vs training wall time, marker area by parameter count; the Pareto front joined."""
+    plt = _plt()
+    pts = [(r["elapsed_s"], r["val_accuracy"], r.get("params_total") or 1, r) for r in summary["trials"]
+           if r.get("elapsed_s") and r.get("val_accuracy") is not None and not math.isnan(r["val_accuracy"])]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    if pts:
+        biggest = max(p[2] for p in pts)
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=[30 + 300 * p[2] / biggest for p in pts], alpha=0.6)
+        front, best = [], -math.inf
+        for t, a, _, _ in sorted(pts, key=lambda p: p[0]):
+            if a > best:
+                front.append((t, a))
+                best = a
+        ax.plot([f[0] for f in front], [f[1] for f in front], "r-", lw=1, label="Pareto front")
+        ax.legend(loc="lower right")
+    ax.set_xlabel("training wall time (s)")
+    ax.set_ylabel("final val accuracy")
+    ax.set_title("accuracy vs time (marker size: parameters)")
+    return _png(fig)
+
+
+def rung_table(summary: dict) -> list[tuple[int, int, float]]:
+    """(rung epoch, trials that reached it, best val accuracy there)."""
+    out = []
+    for k in range(0, 20):
+        rung = int(summary["grace_period"] * summary["reduction_factor"] ** k)
+        if rung > summary["max_t"]:
+            break
+        accs = [h["val_accuracy"] for r in summary["trials"] for h in r["history"] if h.get("epoch") == rung
+                and h.get("val_accuracy") is not None]
+        out.append((rung, len(accs), max(accs) if accs else float("nan")))
+    return out
+
+
+def write_report(run_dir: Path) -> Path:
+    path = Path(run_dir) / "search.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir}: no search.json (not a finished raytrain search; try raytrain search --resume)")
+    summary = json.loads(path.read_text())
+    def num(v, fmt):
+        return "" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+    rows = "".join(
+        f"<tr><td>{r['rank']}</td><td>{html.escape(_label(r))}</td><td>{r['epochs']}</td>"
+        f"<td>{num(r['val_accuracy'], '.4f')}</td><td>{num(r.get('time_to_target_s'), '.1f')}</td>"
+        f"<td>{num(r.get('elapsed_s'), '.1f')}</td><td>{html.escape(str(r['status']))}</td></tr>"
+        for r in summary["trials"])
+    rungs = "".join(f"<tr><td>{e}</td><td>{n}</td><td>{a:.4f}</td></tr>" for e, n, a in rung_table(summary))
+    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>raytrain search report</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}</style></head><body>
+<h1>Search report</h1><p>{html.escape(summary['run_dir'])} &mdash; {len(summary['trials'])} trials,
+{summary['trial_epochs']} trial-epochs, {summary['wall_s']:.0f} s wall. Objective: {html.escape(json.dumps(summary['objective']))}</p>
+<h2>Learning curves</h2><img src="data:image/png;base64,{curves(summary)}">
+<h2>ASHA rungs</h2><table><tr><th>rung (epoch)</th><th>trials reaching it</th><th>best val acc</th></tr>{rungs}</table>
+<h2>Accuracy vs time</h2><img src="data:image/png;base64,{pareto(summary)}">
+<h2>Trials (ranked)</h2><table><tr><th>rank</th><th>params</th><th>epochs</th><th>val acc</th><th>to target (s)</th>
+<th>train (s)</th><th>status</th></tr>{rows}</table></body></html>"""
+    out = Path(run_dir) / "report.html"
+    out.write_text(doc)
+    return out

@@ -1,0 +1,169 @@
+"""A search spec = an experiment YAML + a `search:` block. Parsed, checked against the experiment schema
+key by key, and turned into a Tune param_space, before anything runs."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from raytrain.config import Experiment, Strict, _read_yaml, apply_overrides, validate_experiment
+from raytrain.errors import UserError, format_validation_error
+
+KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
+
+
+class Objective(Strict):
+    metric: str = "val_accuracy"
+    """Metric ASHA compares at its rungs and the final ranking uses (without time_to_target)."""
+    mode: Literal["max", "min"] = "max"
+    """Whether larger or smaller is better."""
+    time_to_target: Optional[float] = Field(None, gt=0.0)
+    """Rank by wall time to reach this val_accuracy (trials stop once they reach it); ASHA still prunes on accuracy."""
+
+
+class Asha(Strict):
+    max_t: int = Field(10, ge=1)
+    """Epochs a surviving trial trains (the trial experiment's train.epochs)."""
+    grace_period: int = Field(1, ge=1)
+    """Epochs every trial gets before it can be stopped."""
+    reduction_factor: float = Field(3.0, gt=1.0)
+    """Keep the top 1/reduction_factor of trials at each rung."""
+
+    @model_validator(mode="after")
+    def _grace(self) -> "Asha":
+        if self.grace_period > self.max_t:
+            raise ValueError(f"search.asha.grace_period {self.grace_period} exceeds max_t {self.max_t}")
+        return self
+
+
+class TrialResources(Strict):
+    workers: int = Field(1, ge=1)
+    """Ray Train workers per trial."""
+    cpus_per_worker: int = Field(1, ge=1)
+    """CPUs per trial worker."""
+    use_gpu: bool = False
+    """One GPU per trial worker."""
+
+
+class SearchConfig(Strict):
+    samples: int = Field(4, ge=1)
+    """Tune's num_samples: random draws, repeated for every grid point."""
+    space: dict[str, dict[str, list]] = Field(default_factory=dict)
+    """Dotted experiment keys -> {grid|choice: [values]} or {uniform|loguniform|randint: [low, high]}."""
+    objective: Objective = Objective()
+    asha: Asha = Asha()
+    max_concurrent: Union[Literal["auto"], int] = "auto"
+    """Trials at once; auto = what the cluster's CPUs/GPUs hold with every trial's workers placed."""
+    trial: TrialResources = TrialResources()
+    seed: Optional[int] = None
+    """Seed for Tune's sampling (null: the experiment seed)."""
+
+    @field_validator("space")
+    @classmethod
+    def _kinds(cls, space: dict) -> dict:
+        for key, dist in space.items():
+            if len(dist) != 1 or next(iter(dist)) not in KINDS:
+                raise ValueError(f"{key}: give exactly one of {', '.join(KINDS)}")
+            kind, args = next(iter(dist.items()))
+            if not args:
+                raise ValueError(f"{key}: {kind} needs values")
+            if kind in ("uniform", "loguniform", "randint"):
+                if len(args) != 2 or not all(isinstance(a, (int, float)) for a in args) or not args[0] < args[1]:
+                    raise ValueError(f"{key}: {kind} takes [low, high] numbers with low < high")
+                if kind == "loguniform" and args[0] <= 0:
+                    raise ValueError(f"{key}: loguniform needs low > 0")
+                if kind == "randint" and not all(float(a).is_integer() for a in args):
+                    raise ValueError(f"{key}: randint takes integer bounds")
+        return space
+
+
+class SearchSpec:
+    """The validated base experiment (raw mapping + model) and its search block."""
+
+    def __init__(self, raw: dict, search: SearchConfig, source: str):
+        self.raw, self.search, self.source = _absolute_paths(raw), search, source
+        self.notes: list[str] = []
+        self.base = self.trial_experiment({})
+        self.space_values = self._check_space()
+
+    def trial_overrides(self, params: dict) -> list[str]:
+        t, a = self.search.trial, self.search.asha
+        fixed = [f"parallel.workers={t.workers}", f"parallel.cpus_per_worker={t.cpus_per_worker}",
+                 f"parallel.use_gpu={str(t.use_gpu).lower()}", f"train.epochs={a.max_t}",
+                 "parallel.max_failures=0"]  # a failing trial ends; the search goes on
+        if self.search.objective.time_to_target is not None:
+            fixed.append(f"train.early_stopping={{metric: val_accuracy, mode: max, patience: {a.max_t}, "
+                         f"target: {self.search.objective.time_to_target}}}")
+        return fixed + [f"{k}={_yaml_scalar(v)}" for k, v in params.items()]
+
+    def trial_experiment(self, params: dict, source: str | None = None) -> Experiment:
+        raw = apply_overrides(copy.deepcopy(self.raw), self.trial_overrides(params))
+        return validate_experiment(raw, source or self.source + (f" with {params}" if params else ""))
+
+    def _check_space(self) -> dict[str, list]:
+        """Try every listed value (and both bounds) against the experiment schema; drop values this
+        hardware can't run (fp16 on CPU) with a note; refuse anything else."""
+        kept: dict[str, list] = {}
+        for key, dist in self.search.space.items():
+            kind, args = next(iter(dist.items()))
+            ok = []
+            for value in args:
+                try:
+                    self.trial_experiment({key: value}, source="value")
+                    ok.append(value)
+                except UserError as e:
+                    if key == "train.precision" and value == "fp16" and not self.search.trial.use_gpu:
+                        self.notes.append(f"search.space.{key}: skipping fp16 (CPU trials; use bf16)")
+                        continue
+                    reason = str(e).removeprefix("value: ")
+                    raise UserError(f"{self.source}: search.space.{key}: value {value!r} rejected: {reason}") from None
+            if not ok:
+                raise UserError(f"{self.source}: search.space.{key}: no value this cluster can run")
+            kept[key] = ok if kind in ("grid", "choice") else args
+        return kept
+
+    def param_space(self) -> dict:
+        from ray import tune
+
+        make = {"grid": tune.grid_search, "choice": tune.choice,
+                "uniform": lambda a: tune.uniform(*a), "loguniform": lambda a: tune.loguniform(*a),
+                "randint": lambda a: tune.randint(int(a[0]), int(a[1]) + 1)}  # inclusive high, as YAML readers expect
+        return {key: make[next(iter(dist))](self.space_values[key]) for key, dist in self.search.space.items()}
+
+    def n_trials(self) -> int:
+        grid = [len(self.space_values[k]) for k, d in self.search.space.items() if "grid" in d]
+        return self.search.samples * math.prod(grid)
+
+
+def _absolute_paths(raw: dict) -> dict:
+    """Trials run in other processes (and cwd): pin `output` and `data.path` to where the user launched."""
+    raw = copy.deepcopy(raw)
+    raw["output"] = str(Path(raw.get("output") or "runs").resolve())
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("path"), str):
+        data["path"] = str(Path(data["path"]).expanduser().resolve())
+    return raw
+
+
+def _yaml_scalar(value) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> SearchSpec:
+    path = Path(path)
+    raw = _read_yaml(path)
+    raw = apply_overrides(raw, list(overrides or []))
+    block = raw.pop("search", None)
+    if block is None:
+        raise UserError(f"{path}: no search: block (this is an experiment; use raytrain train)")
+    try:
+        search = SearchConfig.model_validate(block)
+    except ValidationError as e:
+        raise UserError(format_validation_error(e, str(path)).replace(f"{path}: ", f"{path}: search.", 1)) from None
+    return SearchSpec(raw, search, str(path))

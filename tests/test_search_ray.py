@@ -1,0 +1,86 @@
+"""Searches on a real local Ray: ASHA wiring, a real small search, clean-up, results, refusals."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import TrialScheduler
+
+from raytrain import trainer
+from raytrain.config import load_experiment
+from raytrain.errors import UserError
+from raytrain.search import driver, tuning
+from raytrain.search.report import write_report
+from raytrain.search.spec import SearchConfig, load_spec
+
+SPEC = {
+    "name": "s", "seed": 0, "data": {"dataset": "digits"}, "model": {"name": "mlp", "width": 0.5},
+    "train": {"batch_size": 64, "precision": "fp32", "optimizer": {"name": "sgd", "lr": 0.05}},
+    "search": {"samples": 4, "space": {"train.optimizer.lr": {"loguniform": [1.0e-4, 0.3]},
+                                       "train.schedule.name": {"choice": ["constant", "cosine"]}},
+               "asha": {"max_t": 4, "grace_period": 1, "reduction_factor": 2}, "trial": {"workers": 1}},
+}
+
+
+def test_asha_wiring_with_scripted_results():
+    """Our scheduler (time attr, metric, mode, rungs) stops the bottom trials at the first rung."""
+    sched = tuning.make_scheduler(SearchConfig(asha={"max_t": 8, "grace_period": 1, "reduction_factor": 2}))
+    trials = [Trial("__fake", stub=True, trial_id=f"t{i}") for i in range(4)]
+    for t in trials:
+        sched.on_trial_add(None, t)
+    decisions = [sched.on_trial_result(None, t, {"training_iteration": 1, "val_accuracy": acc})
+                 for t, acc in zip(trials, [0.9, 0.95, 0.5, 0.4])]
+    assert decisions[:2] == [TrialScheduler.CONTINUE] * 2
+    assert TrialScheduler.STOP in decisions[2:]
+    tt = tuning.make_scheduler(SearchConfig(objective={"time_to_target": 0.9}))
+    assert (tt._metric, tt._mode) == ("val_accuracy", "max")  # still prunes on accuracy
+
+
+def test_small_search_end_to_end(ray_local, tmp_path):
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump({**SPEC, "output": str(tmp_path / "runs")}))
+    summary = driver.run(load_spec(spec_path))
+    rows = summary["trials"]
+    assert len(rows) == 4 and all(not str(r["status"]).startswith("error") for r in rows), rows
+    assert any(r["epochs"] < 4 for r in rows), "ASHA stopped no trial early"
+    assert summary["trial_epochs"] < 4 * 4
+    assert rows[0]["val_accuracy"] == max(r["val_accuracy"] for r in rows)
+
+    deadline = time.monotonic() + 20  # workers of stopped trials are gone within seconds
+    while tuning.stray_train_workers() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert tuning.stray_train_workers() == 0
+
+    run_dir = Path(summary["run_dir"])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = list((run_dir / "tune").rglob("events.out.tfevents.*"))
+    assert len(events) >= 4
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    assert any(tag.endswith("val_accuracy") for tag in acc.Tags()["scalars"])
+
+    html = write_report(run_dir).read_text()
+    assert html.count("data:image/png;base64,") == 2 and "ASHA rungs" in html
+
+    best = load_experiment(run_dir / "best.yaml", ["train.epochs=1", f"output={tmp_path / 'best'}"])
+    assert best.train.optimizer.lr == pytest.approx(rows[0]["params"]["train.optimizer.lr"])
+    assert trainer.run(best)["status"] == "completed"
+
+
+def test_trial_that_can_never_fit_fails_fast(ray_local, tmp_path):
+    spec_path = tmp_path / "spec.yaml"
+    big = json.loads(json.dumps(SPEC))
+    big["search"]["trial"] = {"workers": 4}
+    big["output"] = str(tmp_path / "runs")
+    spec_path.write_text(yaml.safe_dump(big))
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match="4 worker\\(s\\) need 4 CPU but the cluster has 2"):
+        driver.run(load_spec(spec_path))
+    assert time.monotonic() - t0 < 30
+    assert not (tmp_path / "runs").exists()  # nothing created

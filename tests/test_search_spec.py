@@ -1,0 +1,88 @@
+"""Search specs: every kind parses into Tune's space; every bad input is one line before anything runs."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from ray import tune
+
+from raytrain.cli import main
+from raytrain.errors import UserError
+from raytrain.search.spec import load_spec
+from raytrain.search.tuning import rank
+from raytrain.search.spec import SearchConfig
+
+BASE = {"name": "s", "data": {"dataset": "digits"}, "model": {"name": "mlp"},
+        "train": {"batch_size": 64, "precision": "fp32"}, "pruning": {"method": "structured"}}
+
+
+def _spec(tmp_path, search: dict, **base):
+    p = tmp_path / "spec.yaml"
+    p.write_text(yaml.safe_dump({**BASE, **base, "search": search}))
+    return p
+
+
+def test_each_kind_becomes_a_tune_domain(tmp_path):
+    spec = load_spec(_spec(tmp_path, {"samples": 2, "space": {
+        "pruning.ratio": {"grid": [0.0, 0.3, 0.5]}, "train.precision": {"choice": ["fp32", "bf16"]},
+        "train.optimizer.momentum": {"uniform": [0.5, 0.95]}, "train.optimizer.lr": {"loguniform": [1e-3, 0.3]},
+        "train.batch_size": {"randint": [1, 4]}}}, **{"parallel": {"workers": 1}}))
+    space = spec.param_space()
+    assert space["pruning.ratio"] == {"grid_search": [0.0, 0.3, 0.5]}
+    assert isinstance(space["train.precision"], tune.search.sample.Categorical)
+    assert isinstance(space["train.optimizer.momentum"], tune.search.sample.Float)
+    assert isinstance(space["train.optimizer.lr"].get_sampler(), tune.search.sample.LogUniform)
+    assert (space["train.batch_size"].lower, space["train.batch_size"].upper) == (1, 5)  # inclusive high
+    assert spec.n_trials() == 6
+    exp = spec.trial_experiment({"pruning.ratio": 0.5, "train.optimizer.lr": 0.01})
+    assert exp.pruning.ratio == 0.5 and exp.train.epochs == 10 and exp.parallel.max_failures == 0
+
+
+def test_time_to_target_sets_early_stopping_target(tmp_path):
+    spec = load_spec(_spec(tmp_path, {"objective": {"time_to_target": 0.9}, "asha": {"max_t": 4}}))
+    exp = spec.trial_experiment({})
+    assert exp.train.early_stopping.target == 0.9 and exp.train.epochs == 4
+
+
+def test_fp16_skipped_on_cpu_with_a_note(tmp_path):
+    spec = load_spec(_spec(tmp_path, {"space": {"train.precision": {"choice": ["fp16", "bf16"]}}}))
+    assert spec.space_values["train.precision"] == ["bf16"]
+    assert any("skipping fp16" in n for n in spec.notes)
+
+
+@pytest.mark.parametrize("search,msg", [
+    ({"space": {"pruning.ratoi": {"grid": [0.1]}}}, "search.space.pruning.ratoi: value 0.1 rejected: pruning.ratoi: unknown key"),
+    ({"space": {"pruning.ratio": {"grid": [0.3, 1.5]}}}, "search.space.pruning.ratio: value 1.5 rejected"),
+    ({"space": {"train.optimizer.lr": {"normal": [0, 1]}}}, "give exactly one of grid, choice"),
+    ({"space": {"train.optimizer.lr": {"loguniform": [0.0, 1.0]}}}, "loguniform needs low > 0"),
+    ({"space": {"train.optimizer.lr": {"uniform": [1.0, 0.1]}}}, "low < high"),
+    ({"space": {"train.batch_size": {"randint": [1.5, 4]}}}, "randint takes integer bounds"),
+    ({"space": {"train.precision": {"choice": ["fp16"]}}}, "no value this cluster can run"),
+    ({"asha": {"max_t": 2, "grace_period": 3}}, "grace_period 3 exceeds max_t 2"),
+    ({"samples": 0}, "search.samples"),
+    ({"sampels": 3}, "search.sampels: unknown key"),
+])
+def test_bad_spec_is_one_line_exit_2(tmp_path, capsys, search, msg):
+    path = _spec(tmp_path, search)
+    assert main(["search", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert msg in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_experiment_without_search_block_is_refused(tmp_path):
+    p = tmp_path / "e.yaml"
+    p.write_text(yaml.safe_dump(BASE))
+    with pytest.raises(UserError, match="no search: block"):
+        load_spec(p)
+
+
+def test_ranking_by_time_to_target_then_accuracy():
+    rows = [{"trial_id": "a", "val_accuracy": 0.95, "time_to_target_s": None},
+            {"trial_id": "b", "val_accuracy": 0.99, "time_to_target_s": 20.0},
+            {"trial_id": "c", "val_accuracy": 0.97, "time_to_target_s": None},
+            {"trial_id": "d", "val_accuracy": 0.98, "time_to_target_s": 5.0}]
+    ranked = rank(rows, SearchConfig(objective={"time_to_target": 0.98}))
+    assert [r["trial_id"] for r in ranked] == ["d", "b", "c", "a"]
+    by_acc = rank(rows, SearchConfig())
+    assert [r["trial_id"] for r in by_acc] == ["b", "d", "c", "a"]
