@@ -45,6 +45,14 @@ class ModelConfig(Strict):
     (in_shape, num_classes)."""
     width: float = Field(1.0, gt=0.0, le=8.0)
     """Channel/hidden-size multiplier."""
+    dropout: Optional[float] = Field(None, ge=0.0, lt=1.0)
+    """cnn only: one dropout rate for both dropout layers (null: the classic example's 0.25 and 0.5)."""
+
+    @model_validator(mode="after")
+    def _dropout_for_cnn(self) -> "ModelConfig":
+        if self.dropout is not None and self.name != "cnn":
+            raise ValueError(f"model.dropout applies to cnn only, not {self.name}")
+        return self
 
 
 class OptimizerConfig(Strict):
@@ -101,6 +109,8 @@ class TrainConfig(Strict):
     """Memory format for conv nets (auto: on for models with 2-D convolutions)."""
     compile: bool = False
     """torch.compile the model (off by default: compile time dominates short runs)."""
+    keep_freed_memory: bool = True
+    """Keep freed memory mapped (glibc mallopt) so steps stop re-faulting their buffers' pages."""
     schedule: ScheduleConfig = ScheduleConfig()
     """Learning-rate schedule."""
     early_stopping: Optional[EarlyStoppingConfig] = None
@@ -204,6 +214,21 @@ def _read_yaml(path: Path) -> dict:
     return raw
 
 
+def set_dotted(raw: dict, key: str, value: Any, origin: str | None = None) -> dict:
+    """Set `a.b.c` in a nested mapping (creating mappings on the way); `origin` names the culprit in errors."""
+    node = raw
+    parts = key.strip().split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise UserError(f"{origin or key}: {'.'.join(parts[: i + 1])} is not a mapping")
+        node = child
+    node[parts[-1]] = value
+    return raw
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply `key.path=value` overrides (values parsed as YAML) to a nested mapping, in order."""
     for item in overrides:
@@ -214,16 +239,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError:
             raise UserError(f"--set {item}: value is not valid YAML") from None
-        node = raw
-        parts = key.strip().split(".")
-        for i, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise UserError(f"--set {item}: {'.'.join(parts[: i + 1])} is not a mapping")
-            node = child
-        node[parts[-1]] = value
+        set_dotted(raw, key, value, origin=f"--set {item}")
     return raw
 
 

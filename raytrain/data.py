@@ -63,10 +63,10 @@ class DataInfo:
 def prepare(cfg: DataConfig, seed: int, cache_root: Path) -> DataInfo:
     """Decode the configured dataset and write it as train/val Parquet under `cache_root` (once per content)."""
     key = _cache_key(cfg, seed)
-    out = cache_root / key
+    out = cache_root.resolve() / key  # absolute: Ray workers and Tune trials run elsewhere
     meta = out / "info.json"
     if meta.is_file():
-        return DataInfo.from_json(meta.read_text())
+        return _rebased(DataInfo.from_json(meta.read_text()), out)
     if cfg.dataset == "digits":
         x, y, norm = _digits(cfg.upscale)
         (xt, yt), (xv, yv) = _split(x, y, cfg.val_fraction, seed)
@@ -90,7 +90,14 @@ def prepare(cfg: DataConfig, seed: int, cache_root: Path) -> DataInfo:
         tmp.rename(out)  # atomic publish: a concurrent or killed preparer never leaves a half-written cache
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)  # another process won the race; its copy is identical
-    return DataInfo.from_json(meta.read_text())
+    return _rebased(DataInfo.from_json(meta.read_text()), out)
+
+
+def _rebased(info: DataInfo, out: Path) -> DataInfo:
+    """The cache folder may have moved (or been written with relative paths): trust its location."""
+    from dataclasses import replace
+
+    return replace(info, train_path=str(out / "train.parquet"), val_path=str(out / "val.parquet"))
 
 
 def _cache_key(cfg: DataConfig, seed: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from contextlib import contextmanager
 
 import ray
@@ -40,14 +41,21 @@ def ray_session(num_cpus: int | None = None):
         ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=True)
         started = False
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", runtime_env=runtime_env,
+        # address="local": a new embedded Ray, never a `ray start` cluster that happens to be running here.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", runtime_env=runtime_env,
                  configure_logging=True, logging_level="WARNING")
         started = True
+    previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM = Ctrl-C: the same clean shutdown
     try:
         yield started
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if started:
             ray.shutdown()
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt("SIGTERM")
 
 
 def dashboard_url() -> str | None:

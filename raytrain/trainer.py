@@ -55,7 +55,7 @@ def preflight(exp: Experiment) -> Prepared:
     info = data_mod.prepare(exp.data, exp.seed, Path(exp.output) / ".cache" / "data")
     if info.n_train < exp.parallel.workers:
         raise UserError(f"parallel.workers {exp.parallel.workers}: more workers than training examples ({info.n_train})")
-    model = check_model(exp.model.name, info.in_shape, info.num_classes, exp.model.width)
+    model = check_model(exp.model.name, info.in_shape, info.num_classes, exp.model.width, exp.model.dropout)
     if exp.pruning.method != "none":
         check_supported(model, exp.pruning.method, torch.zeros(1, *info.in_shape))
     return Prepared(exp, info)

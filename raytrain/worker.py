@@ -30,6 +30,7 @@ from raytrain.loop import SchedulerStepper, StepEnv, evaluate, train_epoch
 from raytrain.models import build_model
 from raytrain.optim import build_optimizer
 from raytrain.techniques import pruning, prepare_model
+from raytrain.techniques.allocator import keep_freed_memory
 from raytrain.techniques.early_stopping import EarlyStopper
 from raytrain.techniques.memory_format import wants_channels_last
 from raytrain.techniques.precision import make_grad_scaler, resolve_precision
@@ -67,6 +68,8 @@ def train_loop_per_worker(config: dict) -> None:
     exp = Experiment.model_validate(config["experiment"])
     info = DataInfo.from_json(config["data"])
     torch.set_num_threads(exp.parallel.cpus_per_worker)  # Ray sets OMP_NUM_THREADS=1; use the CPUs we reserved
+    if exp.train.keep_freed_memory:
+        keep_freed_memory()
     _seed(exp.seed)
     s = _build_session(exp, info, ray.train.get_checkpoint())
     s.launch_time = config.get("launch_time")
@@ -94,7 +97,7 @@ def _wrap_ddp(module: nn.Module) -> nn.Module:
 def _build_session(exp: Experiment, info: DataInfo, checkpoint) -> Session:
     device = ray.train.torch.get_device()
     precision = resolve_precision(exp.train.precision, device)
-    raw = build_model(exp.model.name, info.in_shape, info.num_classes, exp.model.width)
+    raw = build_model(exp.model.name, info.in_shape, info.num_classes, exp.model.width, exp.model.dropout)
     channels_last = wants_channels_last(exp.train.channels_last, raw)
     state = _load_checkpoint(checkpoint)
     if state is not None:  # restore the pruned structure first, then the weights
@@ -207,6 +210,7 @@ def _epoch_metrics(s: Session, epoch: int, tr: dict, va: dict, train_s: float, e
         "train_accuracy": tr["correct"] / max(tr["count"], 1), "val_loss": va["loss_sum"] / max(va["count"], 1),
         "val_accuracy": va["correct"] / max(va["count"], 1), "samples_per_s": tr["count"] / max(train_s, 1e-9),
         "epoch_s": epoch_s, "elapsed_s": s.elapsed_s, "step_ms": 1000 * tr["step_seconds"] / world / steps,
+        "input_wait_s": max(0.0, train_s - tr["step_seconds"] / world),  # time not spent in steps: data, sync
         "lr": current_lr(s.optimizer), "skipped_steps": int(tr["skipped_steps"]), "precision": s.env.precision,
         "channels_last": s.env.channels_last, "pruned_ratio": s.pruned,
     }

@@ -21,7 +21,7 @@ def ray_local():
         yield ray
         return
     repo = str(Path(__file__).resolve().parents[1])
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING",
+    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING",
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([repo, str(Path(__file__).parent)]),
                                        "RAY_DATA_LOG_LEVEL": "WARNING"}})
     yield ray
@@ -46,3 +46,51 @@ def write_yaml(path: Path, data: dict) -> Path:
 
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A real Ray head (`ray start --head --block`) on free ports, dashboard on 127.0.0.1, token auth on.
+    Yields (gcs_address, dashboard_url, env for clients); stops only this head (terminates its process)."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
+    port, dash = free_port(), free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_DATA_LOG_LEVEL": "WARNING",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    cmd = [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={free_port()}",
+           f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
+           "--disable-usage-stats"]
+    log = open(tmp_path / "head.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    address, url = f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if "Ray runtime started" in (tmp_path / "head.log").read_text():
+            break
+        assert proc.poll() is None, (tmp_path / "head.log").read_text()[-2000:]
+        time.sleep(0.5)
+    else:
+        proc.terminate()
+        pytest.fail("ray head did not start within 60 s")
+    try:
+        yield address, url, {**env, "RAY_ADDRESS": address}
+    finally:
+        proc.terminate()  # --block: SIGTERM stops the processes this head started, and only those
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

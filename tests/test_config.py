@@ -54,6 +54,7 @@ BAD = [
       "train": {"epochs": 5}}, "pruning.end_epoch 1 is before pruning.start_epoch 3"),
     ({"data": {"dataset": "parquet"}}, "data.path is required"),
     ({"name": "../escape"}, "name: String should match pattern"),
+    ({"model": {"name": "mlp", "dropout": 0.1}}, "model.dropout applies to cnn only"),
 ]
 
 

@@ -20,3 +20,27 @@ def not_a_module(in_shape, num_classes):
 
 def wrong_output(in_shape, num_classes):
     return nn.Sequential(nn.Flatten(), nn.LazyLinear(3))
+
+
+CRASH_ARM = "/tmp/raytrain-test-crash-once"  # exists = armed; the first process to unlink it dies
+
+
+def crash_once(in_shape, num_classes):
+    """An mlp whose worker process dies (os._exit, like a SIGKILL) on its 30th training step while armed."""
+    import os
+
+    model = tiny(in_shape, num_classes)
+    calls = {"n": 0}
+
+    def hook(module, args):
+        if module.training:
+            calls["n"] += 1
+            if calls["n"] == 30:
+                try:
+                    os.unlink(CRASH_ARM)
+                except FileNotFoundError:
+                    return
+                os._exit(1)
+
+    model.register_forward_pre_hook(hook)
+    return model

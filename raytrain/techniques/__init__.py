@@ -13,6 +13,8 @@ The order, and why:
                       recompiles after a structural change.
   6. precision      - not a model transform: autocast + GradScaler wrap every step
                       (`precision.autocast`), so master weights and optimizer state stay fp32.
+  0. allocator      - before any of it, once per worker process (`allocator.keep_freed_memory`):
+                      a process setting, not a model transform.
 """
 
 from __future__ import annotations

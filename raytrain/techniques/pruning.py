@@ -19,6 +19,7 @@ from raytrain.config import PruningConfig
 from raytrain.errors import UserError
 
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
+ROUND_TO = 8  # keep pruned layers at multiples of 8 channels: odd widths hit slow bf16/channels_last kernels
 
 
 def target_ratio(cfg: PruningConfig, epoch: int, end_epoch: int) -> float:
@@ -92,7 +93,8 @@ def apply_structured_pruning(model: nn.Module, ratio: float, example_inputs: tor
         return model
     try:
         pruner = tp.pruner.MetaPruner(model, example_inputs, importance=tp.importance.MagnitudeImportance(p=2),
-                                      pruning_ratio=ratio, ignored_layers=_classifier(model), global_pruning=False)
+                                      pruning_ratio=ratio, ignored_layers=_classifier(model), global_pruning=False,
+                                      round_to=ROUND_TO)
         pruner.step()
     except Exception as e:  # the tracer rejects models it cannot follow; that is a config problem
         raise UserError(f"pruning.method structured: this model cannot be pruned structurally "
