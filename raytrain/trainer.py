@@ -86,7 +86,8 @@ def build_trainer(prep: Prepared, run_dir: Path, launch_time: float, callbacks: 
                 for name, path in (("train", info.train_path), ("val", info.val_path))}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"experiment": exp.model_dump(mode="json"), "data": info.to_json(), "launch_time": launch_time},
+        train_loop_config={"experiment": exp.model_dump(mode="json"), "data": info.to_json(), "launch_time": launch_time,
+                           "compile_cache": str(Path(exp.output).resolve() / ".cache" / "inductor")},
         torch_config=TorchConfig(backend="nccl" if par.use_gpu else "gloo", timeout_s=COLLECTIVE_TIMEOUT_S),
         scaling_config=ScalingConfig(num_workers=par.workers, use_gpu=par.use_gpu,
                                      resources_per_worker={"CPU": par.cpus_per_worker}),
@@ -138,6 +139,10 @@ def run(exp: Experiment, resume: Optional[Path] = None, launch: Optional[float] 
 
 def _first_line(e: Exception) -> str:
     """The root cause in one line: for worker errors, the first failing rank's exception."""
+    cause = getattr(e, "controller_failure", None)
+    if cause is not None:  # e.g. the worker group could not be placed in time
+        lines = [ln for ln in str(cause).strip().splitlines() if ln.strip()]
+        return f"controller: {type(cause).__name__}: {lines[0] if lines else ''}"[:300]
     failures = getattr(e, "worker_failures", None)
     if failures:
         rank, err = sorted(failures.items())[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import tempfile
 import time
@@ -70,6 +71,8 @@ def train_loop_per_worker(config: dict) -> None:
     torch.set_num_threads(exp.parallel.cpus_per_worker)  # Ray sets OMP_NUM_THREADS=1; use the CPUs we reserved
     if exp.train.keep_freed_memory:
         keep_freed_memory()
+    if exp.train.compile and config.get("compile_cache"):  # one Inductor cache for every worker and run
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", config["compile_cache"])
     _seed(exp.seed)
     s = _build_session(exp, info, ray.train.get_checkpoint())
     s.launch_time = config.get("launch_time")

@@ -25,7 +25,8 @@ def run(spec: SearchSpec, resume: Path | None = None) -> dict:
         run_dir = resume.resolve()
         if not (run_dir / tuning.TUNE_DIR).is_dir():
             raise UserError(f"--resume {resume}: not a raytrain search folder (no {tuning.TUNE_DIR}/ inside)")
-    else:
+    tuning.require_state_api()
+    if resume is None:
         tuning.max_concurrent(spec)  # refuse an impossible trial before creating anything
         run_dir = new_search_dir(spec)
         (run_dir / "spec.yaml").write_text(to_yaml(spec.base))
