@@ -13,6 +13,7 @@ from raytrain.errors import UserError
 # Bound every wait Ray Train does on our behalf (its defaults retry the controller forever).
 WORKER_GROUP_START_TIMEOUT_S = "30"
 CONTROLLER_FAILURE_LIMIT = 1
+_dashboard: str | None = None
 
 
 def bound_ray_train_waits() -> None:
@@ -37,14 +38,16 @@ def ray_session(num_cpus: int | None = None):
     # Workers import user models ("package.module:function") from the launch directory.
     path = os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)
     runtime_env = {"env_vars": {"PYTHONPATH": path, "RAY_DATA_LOG_LEVEL": os.environ["RAY_DATA_LOG_LEVEL"]}}
+    global _dashboard
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=True)
+        ctx = ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=True)
         started = False
     else:
         # address="local": a new embedded Ray, never a `ray start` cluster that happens to be running here.
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", runtime_env=runtime_env,
-                 configure_logging=True, logging_level="WARNING")
+        ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                       runtime_env=runtime_env, configure_logging=True, logging_level="WARNING")
         started = True
+    _dashboard = getattr(ctx, "dashboard_url", None)
     previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM = Ctrl-C: the same clean shutdown
     try:
         yield started
@@ -59,11 +62,8 @@ def _terminate(signum, frame):
 
 
 def dashboard_url() -> str | None:
-    try:
-        url = ray.get_runtime_context().dashboard_url if hasattr(ray.get_runtime_context(), "dashboard_url") else None
-        url = url or ray.worker.get_dashboard_url()
-    except Exception:
-        return None
+    """The dashboard of the Ray that `ray_session` connected to (None if it runs without one)."""
+    url = _dashboard
     return f"http://{url}" if url and not url.startswith("http") else url
 
 

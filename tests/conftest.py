@@ -94,3 +94,7 @@ def ray_head(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+        # `ray start` recorded this head as "the current cluster"; don't leave later drivers pointing at it.
+        current = Path("/tmp/ray/ray_current_cluster")
+        if current.is_file() and current.read_text().strip().endswith(f":{port}"):
+            current.unlink()

@@ -50,6 +50,9 @@ def test_small_search_end_to_end(ray_local, tmp_path):
     assert any(r["epochs"] < 4 for r in rows), "ASHA stopped no trial early"
     assert summary["trial_epochs"] < 4 * 4
     assert rows[0]["val_accuracy"] == max(r["val_accuracy"] for r in rows)
+    spans = [(min(h["timestamp"] for h in r["history"]), max(h["timestamp"] for h in r["history"])) for r in rows]
+    overlap = max(1 + sum(a < t < b for a, b in spans) for t, _ in spans)  # timestamps are whole seconds
+    assert overlap <= 2, spans  # max_concurrent auto = 2 one-CPU trials on 2 CPUs
 
     deadline = time.monotonic() + 20  # workers of stopped trials are gone within seconds
     while tuning.stray_train_workers() and time.monotonic() < deadline:

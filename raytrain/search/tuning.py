@@ -77,7 +77,7 @@ def require_state_api() -> None:
     deadline = time.monotonic() + STATE_API_WAIT_S  # a dashboard that just started needs a few seconds
     while True:
         try:
-            list_actors(limit=1, timeout=5)
+            list_actors(address=_gcs(), limit=1, timeout=5)
             return
         except Exception as e:
             if time.monotonic() > deadline:
@@ -117,8 +117,8 @@ def build_tuner(spec: SearchSpec, run_dir: Path, resume: bool = False) -> tune.T
     return tune.Tuner(
         trainable,
         param_space=spec.param_space(),
-        tune_config=tune.TuneConfig(scheduler=make_scheduler(s), num_samples=s.samples, max_concurrent_trials=max_concurrent(spec),
-                                    search_alg=_seeded_search(spec)),
+        tune_config=tune.TuneConfig(scheduler=make_scheduler(s), num_samples=s.samples,
+                                    search_alg=_seeded_search(spec, max_concurrent(spec))),
         run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(run_dir), failure_config=tune.FailureConfig(max_failures=0),
                                   callbacks=[TBXLoggerCallback(), CSVLoggerCallback(), JsonLoggerCallback()]),
     )
@@ -132,11 +132,13 @@ def make_scheduler(s: SearchConfig) -> ASHAScheduler:
                          grace_period=s.asha.grace_period, reduction_factor=s.asha.reduction_factor)
 
 
-def _seeded_search(spec: SearchSpec):
+def _seeded_search(spec: SearchSpec, concurrent: int):
+    """Tune's default generator, seeded, and carrying the concurrency limit itself: Tune silently ignores
+    TuneConfig.max_concurrent_trials when the search_alg is a BasicVariantGenerator we pass in."""
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     seed = spec.search.seed if spec.search.seed is not None else spec.base.seed
-    return BasicVariantGenerator(random_state=seed)
+    return BasicVariantGenerator(random_state=seed, max_concurrent=concurrent)
 
 
 def collect(spec: SearchSpec, grid) -> list[dict]:
@@ -160,7 +162,8 @@ def collect(spec: SearchSpec, grid) -> list[dict]:
                      "epochs": epochs, "val_accuracy": m.get("val_accuracy"), "val_loss": m.get("val_loss"),
                      "elapsed_s": m.get("elapsed_s"), "time_to_target_s": m.get("time_to_target_s"),
                      "params_total": m.get("params_total"), "path": r.path,
-                     "history": [{k: h.get(k) for k in ("epoch", "val_accuracy", "val_loss", "elapsed_s", "train_loss")}
+                     "history": [{k: h.get(k) for k in ("epoch", "val_accuracy", "val_loss", "elapsed_s", "train_loss",
+                                                        "timestamp")}
                                  for h in hist]})
     return rank(rows, spec.search)
 
@@ -193,5 +196,12 @@ def stray_train_workers() -> int:
     """Alive Ray Train worker actors (0 after a clean search)."""
     from ray.util.state import list_actors
 
-    return len(list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], timeout=10))
+    return len(list_actors(address=_gcs(), filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+                           timeout=10))
+
+
+def _gcs() -> str:
+    """Our cluster's address, explicitly: without it the state API may follow a stale
+    /tmp/ray/ray_current_cluster left by some earlier `ray start` to a dead cluster."""
+    return ray.get_runtime_context().gcs_address
 
