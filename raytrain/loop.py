@@ -51,8 +51,10 @@ def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, ste
     """Train over `batches`; returns sums (loss_sum, correct, count, steps, skipped_steps, step_seconds)
     and the wall-clock time the first step finished."""
     model.train()
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    correct = count = steps = skipped = 0
+    # Sums stay on the device: a .item()/int() per step would make every GPU step wait for the kernel queue.
+    loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
+    correct = torch.zeros((), dtype=torch.int64, device=env.device)
+    count = steps = skipped = 0
     step_seconds = 0.0
     first_step_at = None
     for batch in batches:
@@ -74,13 +76,13 @@ def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, ste
         else:
             stepper.step()
         n = y.numel()
-        loss_sum += loss.detach().double().cpu() * n
-        correct += int((logits.detach().argmax(1) == y).sum())
+        loss_sum += loss.detach().double() * n
+        correct += (logits.detach().argmax(1) == y).sum()
         count += n
         steps += 1
         step_seconds += time.perf_counter() - t0
         first_step_at = first_step_at or time.time()
-    return {"loss_sum": float(loss_sum), "correct": correct, "count": count, "steps": steps,
+    return {"loss_sum": float(loss_sum), "correct": int(correct), "count": count, "steps": steps,
             "skipped_steps": skipped, "step_seconds": step_seconds, "first_step_at": first_step_at or time.time()}
 
 
@@ -88,13 +90,14 @@ def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, ste
 def evaluate(model: nn.Module, batches, env: StepEnv) -> dict:
     """Sums of loss and correct predictions over `batches`."""
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    correct = count = 0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
+    correct = torch.zeros((), dtype=torch.int64, device=env.device)
+    count = 0
     for batch in batches:
         x, y = env.inputs(batch)
         with autocast(env.precision, env.device):
             logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double().cpu()
-        correct += int((logits.argmax(1) == y).sum())
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum()
         count += y.numel()
-    return {"loss_sum": float(loss_sum), "correct": correct, "count": count}
+    return {"loss_sum": float(loss_sum), "correct": int(correct), "count": count}
