@@ -27,7 +27,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
 from raytrain import trainer  # noqa: E402
-from raytrain.config import set_dotted, validate_experiment  # noqa: E402
+from raytrain.config import Experiment, set_dotted, validate_experiment  # noqa: E402
 from raytrain.data import prepare  # noqa: E402
 from raytrain.loop import SchedulerStepper, StepEnv, train_epoch  # noqa: E402
 from raytrain.models import build_model  # noqa: E402
@@ -44,7 +44,7 @@ def bench_data() -> dict:
     return {"dataset": "mnist", "path": str(path)} if path.is_dir() else {"dataset": "digits", "upscale": 4}
 
 
-def experiment(**patch) -> "Experiment":  # noqa: F821
+def experiment(**patch) -> Experiment:
     base = {
         "name": "bench", "seed": 0, "data": {"dataset": "digits", "upscale": 4},
         "model": {"name": "cnn"}, "output": str(OUT),

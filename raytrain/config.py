@@ -263,19 +263,3 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None, extra_
 def to_yaml(exp: Experiment) -> str:
     return yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False)
 
-
-def reference() -> dict[str, Any]:
-    """Flattened key -> (type, default, doc), for the README's YAML reference."""
-    out: dict[str, Any] = {}
-
-    def walk(model: type[BaseModel], prefix: str) -> None:
-        for name, field in model.model_fields.items():
-            ann = field.annotation
-            sub = getattr(ann, "model_fields", None)
-            if sub is not None and isinstance(ann, type) and issubclass(ann, BaseModel):
-                walk(ann, f"{prefix}{name}.")
-            else:
-                out[f"{prefix}{name}"] = (field.default, field.description or "")
-
-    walk(Experiment, "")
-    return out

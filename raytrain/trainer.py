@@ -125,7 +125,7 @@ def run(exp: Experiment, resume: Optional[Path] = None, launch: Optional[float] 
         result = trainer.fit()
         metrics, checkpoint = dict(result.metrics or {}), result.checkpoint
     except ray.train.TrainingFailedError as e:
-        error, metrics, checkpoint = _first_line(e), _last_metrics(run_dir), None
+        error, metrics, checkpoint = root_cause(e), _last_metrics(run_dir), None
     summary = {
         "run_dir": str(run_dir), "status": "failed" if error else metrics.get("stop_reason", "completed"),
         "error": error, "wall_s": time.time() - launch, "final": metrics,
@@ -137,7 +137,7 @@ def run(exp: Experiment, resume: Optional[Path] = None, launch: Optional[float] 
     return summary
 
 
-def _first_line(e: Exception) -> str:
+def root_cause(e: Exception) -> str:
     """The root cause in one line: for worker errors, the first failing rank's exception."""
     cause = getattr(e, "controller_failure", None)
     if cause is not None:  # e.g. the worker group could not be placed in time

@@ -119,7 +119,8 @@ def _build_session(exp: Experiment, info: DataInfo, checkpoint) -> Session:
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"]) if state.get("scaler") else None
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         stepper.taken = int(state["scheduler_steps"])
         if stopper and state.get("stopper"):
             stopper.load_state_dict(state["stopper"])

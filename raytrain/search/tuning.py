@@ -51,7 +51,7 @@ def run_trial(config: dict, raw: dict, search_json: str, source: str) -> None:
     try:
         fit.fit()
     except ray.train.TrainingFailedError as e:
-        raise RuntimeError(trainer._first_line(e)) from None
+        raise RuntimeError(trainer.root_cause(e)) from None
     finally:
         _wait_released(exp.parallel.workers * exp.parallel.cpus_per_worker)
 
