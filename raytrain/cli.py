@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     sr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                     help="override one key of the spec (repeatable)")
     sr.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted search (Tuner.restore)")
+    ex = sub.add_parser("export", help="write a run's newest checkpoint as one full-model state_dict")
+    ex.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    ex.add_argument("--out", type=Path, help="output file (default RUN_DIR/model.pt; never overwritten)")
     rp = sub.add_parser("report", help="write report.html (learning curves, rungs, Pareto) for a search run")
     rp.add_argument("run_dir", type=Path)
     return p
@@ -59,6 +62,12 @@ def _dispatch(args, launch: float) -> int:
         return 0
     if args.verb == "search":
         return _search(args)
+    if args.verb == "export":
+        from raytrain.export import export
+
+        out, source, n = export(args.run_dir, args.out)
+        print(f"export: {out} ({n:,} parameters, from {source})")
+        return 0
     from raytrain.config import load_experiment
 
     exp = load_experiment(args.experiment, args.overrides)
@@ -121,8 +130,9 @@ def _print_summary(s: dict) -> None:
     if "time_to_target_s" in m:
         print(f"to target   {m['time_to_target_s']:.1f} s ({m['time_to_target_epochs']} epochs of training)")
     if "params_total" in m:
-        print(f"model       {m['params_nonzero']:,}/{m['params_total']:,} non-zero params, "
-              f"{m['flops_per_sample'] / 1e6:.2f} MFLOPs/sample forward")
+        flops = f", {m['flops_per_sample'] / 1e6:.2f} MFLOPs/sample forward" if m.get("flops_per_sample") else ""
+        stages = f" (per stage: {', '.join(f'{n:,}' for n in m['stage_params'])})" if m.get("stage_params") else ""
+        print(f"model       {m['params_nonzero']:,}/{m['params_total']:,} non-zero params{flops}{stages}")
     startup = f" (first step {s['first_step_s']:.1f} s after launch)" if s.get("first_step_s") else ""
     print(f"wall time   {s['wall_s']:.1f} s{startup}")
     print(f"checkpoint  {s['checkpoint']}")

@@ -41,7 +41,7 @@ class DataConfig(Strict):
 
 class ModelConfig(Strict):
     name: str = "cnn"
-    """cnn | mlp | resnet | mobilenet, or "package.module:function" returning an nn.Module given
+    """cnn | mlp | resnet | mobilenet | vit, or "package.module:function" returning an nn.Module given
     (in_shape, num_classes)."""
     width: float = Field(1.0, gt=0.0, le=8.0)
     """Channel/hidden-size multiplier."""
@@ -132,15 +132,35 @@ class PruningConfig(Strict):
     """gradual: epoch at whose start the final ratio is reached (default: start_epoch + 2)."""
 
 
+class PipelineConfig(Strict):
+    stages: int = Field(1, ge=1)
+    """Pipeline stages (ranks per pipeline group); 1 = plain data parallelism. DP degree = workers / stages."""
+    microbatches: int = Field(4, ge=1)
+    """Micro-batches per step in each pipeline group; the bubble is (stages-1)/(microbatches+stages-1)."""
+    schedule: Literal["gpipe", "1f1b", "interleaved_1f1b"] = "1f1b"
+    """gpipe: all forwards then all backwards; 1f1b: bounded in-flight activations; interleaved_1f1b: two
+    virtual stages per rank (smaller bubble, more messages)."""
+    split: Union[Literal["auto"], list[str]] = "auto"
+    """auto balances parameter counts over the model's top-level blocks; or the block names where stages
+    2..K (2..2K for interleaved) begin."""
+
+
 class ParallelConfig(Strict):
     workers: int = Field(2, ge=1)
-    """Ray Train workers (data-parallel degree)."""
+    """Ray Train workers (= data-parallel degree x pipeline stages)."""
     use_gpu: bool = False
     """One GPU per worker, nccl backend; gloo on CPU."""
     cpus_per_worker: int = Field(1, ge=1)
     """CPUs reserved per worker; torch intra-op threads are set to this."""
     max_failures: int = Field(2, ge=0)
     """Worker-group failures survived by restarting from the latest checkpoint."""
+    pipeline: PipelineConfig = PipelineConfig()
+    """Pipeline-sharded model parallelism (torch.distributed.pipelining), combinable with data parallelism."""
+
+    @property
+    def dp(self) -> int:
+        """Data-parallel degree: replicas of each pipeline stage."""
+        return self.workers // self.pipeline.stages
 
 
 class CheckpointConfig(Strict):
@@ -167,7 +187,9 @@ class Experiment(Strict):
     @model_validator(mode="after")
     def _check(self) -> "Experiment":
         t, p, par = self.train, self.pruning, self.parallel
-        if t.batch_size % par.workers:
+        if par.pipeline.stages > 1:
+            _check_pipeline(self)
+        elif t.batch_size % par.workers:
             raise ValueError(f"train.batch_size {t.batch_size} must be divisible by parallel.workers {par.workers}")
         if t.schedule.warmup_epochs >= t.epochs and t.schedule.warmup_epochs > 0:
             raise ValueError(
@@ -193,7 +215,35 @@ class Experiment(Strict):
 
     @property
     def per_worker_batch(self) -> int:
-        return self.train.batch_size // self.parallel.workers
+        """Rows per step of one data-parallel replica (a whole pipeline group counts as one)."""
+        return self.train.batch_size // self.parallel.dp
+
+
+def _check_pipeline(exp: "Experiment") -> None:
+    """Pipeline settings that would fail (or hang one stage) at run time, refused up front."""
+    t, par, pp = exp.train, exp.parallel, exp.parallel.pipeline
+    if par.workers % pp.stages:
+        raise ValueError(f"parallel.workers {par.workers} must be divisible by parallel.pipeline.stages {pp.stages}")
+    if t.batch_size % (par.dp * pp.microbatches):
+        raise ValueError(f"train.batch_size {t.batch_size} must be divisible by data-parallel degree {par.dp} x "
+                         f"parallel.pipeline.microbatches {pp.microbatches}")
+    if pp.schedule != "gpipe" and pp.microbatches < pp.stages:
+        raise ValueError(f"parallel.pipeline.microbatches {pp.microbatches} must be >= stages {pp.stages} "
+                         f"for {pp.schedule}")
+    if pp.schedule == "interleaved_1f1b" and pp.microbatches % pp.stages:
+        raise ValueError(f"parallel.pipeline.microbatches {pp.microbatches} must be a multiple of stages "
+                         f"{pp.stages} for interleaved_1f1b")
+    # Techniques that do not carry over to stages (README "Pipeline parallelism" says why).
+    if t.precision == "fp16":
+        raise ValueError("train.precision fp16 is not supported with parallel.pipeline (GradScaler's skip decision "
+                         "would differ per stage); use bf16 or fp32")
+    if exp.pruning.method != "none":
+        raise ValueError("pruning.method must be none with parallel.pipeline (structured pruning changes the "
+                         "tensors sent between stages)")
+    if t.compile:
+        raise ValueError("train.compile is not supported with parallel.pipeline")
+    if t.channels_last is True:
+        raise ValueError("train.channels_last true is not supported with parallel.pipeline (use auto: off)")
 
 
 # --------------------------------------------------------------------------- loading

@@ -107,7 +107,57 @@ def mobilenet(in_shape, num_classes: int, width: float = 1.0) -> nn.Sequential:
     )
 
 
-ZOO: dict[str, Callable[..., nn.Module]] = {"cnn": cnn, "mlp": mlp, "resnet": resnet, "mobilenet": mobilenet}
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches -> tokens (a strided conv), plus a learned position embedding."""
+
+    def __init__(self, c: int, h: int, w: int, patch: int, dim: int):
+        super().__init__()
+        self.proj = nn.Conv2d(c, dim, patch, patch)
+        self.pos = nn.Parameter(torch.zeros(1, (h // patch) * (w // patch), dim))
+        nn.init.trunc_normal_(self.pos, std=0.02)
+
+    def forward(self, x):
+        return self.proj(x).flatten(2).transpose(1, 2) + self.pos
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int = 2):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim * mlp_ratio), nn.GELU(), nn.Linear(dim * mlp_ratio, dim))
+
+    def forward(self, x):
+        h = self.ln1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.ln2(x))
+
+
+class TokenHead(nn.Module):
+    """LayerNorm, mean over tokens, linear classifier."""
+
+    def __init__(self, dim: int, num_classes: int):
+        super().__init__()
+        self.ln, self.fc = nn.LayerNorm(dim), nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.ln(x).mean(1))
+
+
+def vit(in_shape, num_classes: int, width: float = 1.0, depth: int = 4) -> nn.Sequential:
+    """A small Vision Transformer: patch embedding, `depth` encoder blocks, pooled head. About 16 tokens
+    (patch = side / 4); every block has the same cost, the canonical case for pipeline stages."""
+    c, h, w = _image_shape(in_shape, "vit")
+    patch = max(1, min(h, w) // 4)
+    dim = _ch(64, width)
+    return nn.Sequential(PatchEmbed(c, h, w, patch, dim), *[EncoderBlock(dim, 4) for _ in range(depth)],
+                         TokenHead(dim, num_classes))
+
+
+ZOO: dict[str, Callable[..., nn.Module]] = {"cnn": cnn, "mlp": mlp, "resnet": resnet, "mobilenet": mobilenet,
+                                            "vit": vit}
 
 
 def _image_shape(in_shape, name: str):

@@ -22,6 +22,7 @@ from raytrain import data as data_mod
 from raytrain.config import Experiment, to_yaml
 from raytrain.errors import UserError
 from raytrain.models import check_model
+from raytrain.parallel import pipeline
 from raytrain.runtime import CONTROLLER_FAILURE_LIMIT, check_fits
 from raytrain.techniques.pruning import check_supported
 from raytrain.worker import train_loop_per_worker
@@ -58,6 +59,11 @@ def preflight(exp: Experiment) -> Prepared:
     model = check_model(exp.model.name, info.in_shape, info.num_classes, exp.model.width, exp.model.dropout)
     if exp.pruning.method != "none":
         check_supported(model, exp.pruning.method, torch.zeros(1, *info.in_shape))
+    pp = exp.parallel.pipeline
+    if pp.stages > 1:  # more stages than blocks, unknown split names: refused before Ray starts
+        pipeline.split_points(pipeline.sequential_of(model), pp.stages * pipeline.stages_per_rank(pp.schedule), pp.split)
+        if exp.per_worker_batch * exp.parallel.dp > info.n_train:
+            raise UserError(f"train.batch_size {exp.train.batch_size}: larger than the training set ({info.n_train})")
     return Prepared(exp, info)
 
 
@@ -99,7 +105,9 @@ def build_trainer(prep: Prepared, run_dir: Path, launch_time: float, callbacks: 
             callbacks=[MetricsLog(str(run_dir / "metrics.jsonl"))] + list(callbacks or []),
         ),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split="all"),
+        # Pipelines: every worker sees the whole dataset and each group's first stage picks its batches
+        # (raytrain.worker_pipeline); a split would hand shards to stages that never read them.
+        dataset_config=DataConfig(datasets_to_split="all" if par.pipeline.stages == 1 else []),
     )
 
 

@@ -56,7 +56,7 @@ class Session:
     launch_time: Optional[float] = None  # wall clock when `raytrain train` started (for time-to-first-step)
 
 
-def _quiet_report_log() -> None:
+def quiet_report_log() -> None:
     """Train V2 logs every report's full metrics at INFO from a logger named after its file; the
     epoch line below says the same in one line."""
     from ray.train.v2._internal.execution import context
@@ -65,7 +65,7 @@ def _quiet_report_log() -> None:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    _quiet_report_log()
+    quiet_report_log()
     exp = Experiment.model_validate(config["experiment"])
     info = DataInfo.from_json(config["data"])
     torch.set_num_threads(exp.parallel.cpus_per_worker)  # Ray sets OMP_NUM_THREADS=1; use the CPUs we reserved
@@ -73,13 +73,18 @@ def train_loop_per_worker(config: dict) -> None:
         keep_freed_memory()
     if exp.train.compile and config.get("compile_cache"):  # one Inductor cache for every worker and run
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", config["compile_cache"])
-    _seed(exp.seed)
+    seed_all(exp.seed)
+    if exp.parallel.pipeline.stages > 1:
+        from raytrain.worker_pipeline import run_pipeline  # its own loop: stages, micro-batches, shards
+
+        run_pipeline(exp, info, ray.train.get_checkpoint(), config.get("launch_time"))
+        return
     s = _build_session(exp, info, ray.train.get_checkpoint())
     s.launch_time = config.get("launch_time")
     run_epochs(s)
 
 
-def _seed(seed: int) -> None:
+def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -164,7 +169,7 @@ def _prune_if_due(s: Session, epoch: int) -> None:
         del s.optimizer.state[p]
 
 
-def _reduce(values: dict) -> dict:
+def reduce_sums(values: dict) -> dict:
     """Sum each value across workers (exact: the loops return sums, not means)."""
     keys = sorted(values)
     t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
@@ -186,28 +191,28 @@ def run_epochs(s: Session) -> None:
                                               local_shuffle_seed=exp.seed * 1000 + epoch * world + rank)
         local = train_epoch(s.model, batches, s.optimizer, s.stepper, s.scaler, s.env, exp.train.max_grad_norm)
         first_step_at = local.pop("first_step_at")
-        tr = _reduce(local)
+        tr = reduce_sums(local)
         train_s = time.perf_counter() - t0
-        va = _reduce(evaluate(s.model, val_it.iter_torch_batches(batch_size=max(bs, 256)), s.env))
+        va = reduce_sums(evaluate(s.model, val_it.iter_torch_batches(batch_size=max(bs, 256)), s.env))
         epoch_s = time.perf_counter() - t0
         s.elapsed_s += epoch_s
-        metrics = _epoch_metrics(s, epoch, tr, va, train_s, epoch_s, world)
+        metrics = epoch_metrics(s, epoch, tr, va, train_s, epoch_s, world)
         if s.launch_time and epoch == s.start_epoch:
             metrics["first_step_s"] = first_step_at - s.launch_time
-        stop = _stop_reason(s, epoch, metrics)
+        stop = stop_reason(s, epoch, metrics)
         final = stop is not None or epoch == exp.train.epochs - 1
         if final and exp.pruning.method == "magnitude":
             pruning.make_pruning_permanent(s.raw)
         if final:
             metrics.update(stop_reason=stop or "completed", **_model_stats(s))
         if rank == 0:
-            print(_progress_line(metrics, exp.train.epochs), flush=True)
+            print(progress_line(metrics, exp.train.epochs), flush=True)
         _report(s, epoch, metrics, save=final or (epoch + 1) % exp.checkpoint.every_epochs == 0, rank=rank)
         if final:
             break
 
 
-def _epoch_metrics(s: Session, epoch: int, tr: dict, va: dict, train_s: float, epoch_s: float, world: int) -> dict:
+def epoch_metrics(s: Session, epoch: int, tr: dict, va: dict, train_s: float, epoch_s: float, world: int) -> dict:
     steps = max(tr["steps"] / world, 1.0)
     return {
         "epoch": epoch + 1, "train_loss": tr["loss_sum"] / max(tr["count"], 1),
@@ -220,7 +225,7 @@ def _epoch_metrics(s: Session, epoch: int, tr: dict, va: dict, train_s: float, e
     }
 
 
-def _stop_reason(s: Session, epoch: int, metrics: dict) -> Optional[str]:
+def stop_reason(s: Session, epoch: int, metrics: dict) -> Optional[str]:
     if not math.isfinite(metrics["train_loss"]) or not math.isfinite(metrics["val_loss"]):
         return "diverged"
     if s.stopper is None:
@@ -231,27 +236,28 @@ def _stop_reason(s: Session, epoch: int, metrics: dict) -> Optional[str]:
     return reason
 
 
-def _rank_spread(raw: nn.Module) -> float:
-    """max - min across ranks of a position-weighted parameter checksum: 0.0 iff ranks agree."""
+def rank_spread(params, group=None) -> float:
+    """max - min across the ranks of `group` (default: all) of a position-weighted parameter checksum:
+    0.0 iff the replicas agree."""
     with torch.no_grad():
-        flat = torch.cat([p.detach().double().flatten().cpu() for p in raw.parameters()])
+        flat = torch.cat([p.detach().double().flatten().cpu() for p in params])
         check = (flat * (1 + torch.arange(flat.numel(), dtype=torch.float64) % 7)).sum()
     if not (dist.is_available() and dist.is_initialized()):
         return 0.0
     hi, lo = check.clone(), -check.clone()
-    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
-    dist.all_reduce(lo, op=dist.ReduceOp.MAX)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX, group=group)
+    dist.all_reduce(lo, op=dist.ReduceOp.MAX, group=group)
     return float(hi + lo)
 
 
 def _model_stats(s: Session) -> dict:
     total, nonzero = pruning.param_counts(s.raw)
     wt, wnz = pruning.weight_sparsity_counts(s.raw)
-    return {"rank_weight_spread": _rank_spread(s.raw), "params_total": total, "params_nonzero": nonzero,
+    return {"rank_weight_spread": rank_spread(s.raw.parameters()), "params_total": total, "params_nonzero": nonzero,
             "weight_sparsity": 1 - wnz / max(wt, 1), "flops_per_sample": pruning.forward_flops(s.raw, s.info.in_shape)}
 
 
-def _progress_line(m: dict, epochs: int) -> str:
+def progress_line(m: dict, epochs: int) -> str:
     line = (f"[raytrain] epoch {m['epoch']}/{epochs}  train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
             f"val_acc {m['val_accuracy']:.4f}  {m['samples_per_s']:.0f} samples/s  {m['epoch_s']:.1f}s  lr {m['lr']:.3g}")
     if m.get("stop_reason"):

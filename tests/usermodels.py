@@ -44,3 +44,26 @@ def crash_once(in_shape, num_classes):
 
     model.register_forward_pre_hook(hook)
     return model
+
+
+class _Boom(nn.Module):
+    """Identity until its `after`-th training forward, then raises (a planted stage failure)."""
+
+    def __init__(self, after: int):
+        super().__init__()
+        self.after, self.calls = after, 0
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.calls == self.after:
+                raise RuntimeError("planted stage failure")
+        return x
+
+
+def failing_last_stage(in_shape, num_classes):
+    """An mlp whose block "3" (cut there with split: ["3"], the last stage) fails on its 5th micro-batch."""
+    n = 1
+    for s in in_shape:
+        n *= s
+    return nn.Sequential(nn.Flatten(), nn.Linear(n, 32), nn.ReLU(), _Boom(5), nn.Linear(32, num_classes))

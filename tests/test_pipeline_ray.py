@@ -1,0 +1,103 @@
+"""Pipeline training through Ray Train on a real local Ray: stage checkpoints -> resume -> export,
+a failing stage ends the run (no hang), and bad pipeline settings are refused before anything starts."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from raytrain import data as data_mod
+from raytrain import trainer
+from raytrain.cli import main
+from raytrain.config import set_dotted, validate_experiment
+from raytrain.errors import UserError
+from raytrain.loop import StepEnv
+from raytrain.models import build_model
+
+PIPE = {"stages": 2, "microbatches": 4, "schedule": "1f1b"}
+
+
+def _exp(d: dict, **patch):
+    d = json.loads(json.dumps(d))
+    set_dotted(d, "parallel.workers", 2)
+    set_dotted(d, "parallel.pipeline", dict(PIPE))
+    for dotted, value in patch.items():
+        set_dotted(d, dotted.replace("__", "."), value)
+    return validate_experiment(d, "test")
+
+
+def _accuracy(model: torch.nn.Module, exp) -> float:
+    """The unsplit model's accuracy on the run's validation split, computed here without Ray."""
+    info = data_mod.prepare(exp.data, exp.seed, Path(exp.output) / ".cache" / "data")
+    table = pq.read_table(info.val_path).to_pydict()
+    env = StepEnv(torch.device("cpu"), "fp32", False, info.scale, info.mean, info.std)
+    x, y = env.inputs({"x": torch.tensor(np.array(table["x"])), "y": torch.tensor(table["y"])})
+    with torch.no_grad():
+        return int((model.eval()(x).argmax(1) == y).sum()) / len(y)
+
+
+def test_stage_checkpoints_resume_and_export(ray_local, exp_dict, tmp_path):
+    first = trainer.run(_exp(exp_dict, train__epochs=2))
+    assert first["status"] == "completed", first
+    run_dir = Path(first["run_dir"])
+    assert sorted(p.name for p in Path(first["checkpoint"]).iterdir()) == ["stage_0.pt", "stage_1.pt"]
+    second = trainer.run(_exp(exp_dict, train__epochs=3), resume=run_dir)
+    assert second["status"] == "completed", second
+    rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]  # resumed after epoch 2, not from scratch
+    final = second["final"]
+    assert final["pipeline_stages"] == 2 and len(final["stage_params"]) == 2
+    assert sum(final["stage_params"]) == final["params_total"]
+
+    out = tmp_path / "model.pt"
+    assert main(["export", str(run_dir), "--out", str(out)]) == 0
+    exp = _exp(exp_dict)
+    model = build_model(exp.model.name, (1, 8, 8), 10, exp.model.width)
+    model.load_state_dict(torch.load(out, weights_only=True))  # an ordinary, unsplit state_dict
+    assert _accuracy(model, exp) == pytest.approx(final["val_accuracy"], abs=1e-9)
+    assert main(["export", str(run_dir), "--out", str(out)]) == 2  # never overwrites
+
+
+def test_failing_stage_fails_the_run_not_hangs(ray_local, exp_dict):
+    t0 = time.monotonic()
+    s = trainer.run(_exp(exp_dict, model__name="usermodels:failing_last_stage", parallel__max_failures=0,
+                         parallel__pipeline__split=["3"]))
+    assert s["status"] == "failed"
+    assert "pipeline stage 1: RuntimeError: planted stage failure" in s["error"]
+    assert time.monotonic() - t0 < 120
+
+
+@pytest.mark.parametrize("patch,msg", [
+    ({"train__batch_size": 66}, "train.batch_size 66 must be divisible by data-parallel degree 1 x "
+                                "parallel.pipeline.microbatches 4"),
+    ({"parallel__workers": 3}, "parallel.workers 3 must be divisible by parallel.pipeline.stages 2"),
+    ({"parallel__pipeline__microbatches": 1}, "microbatches 1 must be >= stages 2 for 1f1b"),
+    ({"parallel__pipeline__schedule": "interleaved_1f1b", "parallel__pipeline__microbatches": 3,
+      "train__batch_size": 66}, "must be a multiple of stages 2 for interleaved_1f1b"),
+    ({"pruning": {"method": "structured", "ratio": 0.5}, "train__epochs": 2}, "pruning.method must be none"),
+    ({"parallel__use_gpu": True, "train__precision": "fp16"}, "fp16 is not supported with parallel.pipeline"),
+])
+def test_bad_pipeline_settings_refused(exp_dict, patch, msg):
+    with pytest.raises(UserError, match=msg.replace(".", r"\.").replace("(", r"\(")):
+        _exp(exp_dict, **patch)
+
+
+@pytest.mark.parametrize("patch,msg", [
+    ({"parallel__pipeline__stages": 2, "model__name": "usermodels:tiny", "parallel__pipeline__schedule": "interleaved_1f1b"},
+     "4 stage(s) but the model has only 4 top-level blocks"),
+    ({"parallel__pipeline__split": ["head"]}, "no top-level block named 'head'"),
+])
+def test_pipeline_model_mismatch_refused_in_preflight(exp_dict, patch, msg):
+    exp = _exp(exp_dict, **patch)
+    if "interleaved" in str(patch):
+        exp = _exp(exp_dict, **{**patch, "parallel__workers": 4, "parallel__pipeline__stages": 4,
+                                "train__batch_size": 64})
+        msg = "8 stage(s) but the model has only 4 top-level blocks"
+    with pytest.raises(UserError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+        trainer.preflight(exp)
