@@ -34,6 +34,9 @@ from raytrain.models import build_model  # noqa: E402
 from raytrain.optim import build_optimizer  # noqa: E402
 from raytrain.techniques.schedule import build_scheduler  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+import pipeline_bench  # noqa: E402
+
 OUT = ROOT / "runs" / "bench"
 MNIST = ROOT.parent / "shared" / "data" / "mnist"  # local copy here; elsewhere the loader downloads
 
@@ -284,6 +287,16 @@ def render_table() -> str:
         lines.append(f"| ASHA vs full grid ({h['asha']['trials']} configs): trial-epochs, wall, best-acc gap | "
                      f"**{h['compute_ratio']:.0%}** of the compute ({h['asha']['trial_epochs']} vs {h['grid']['trial_epochs']}), "
                      f"{h['wall_ratio']:.0%} of the wall time, gap **{h['best_gap_pt']:+.2f} pt** | ≤30% at ≤0.3 pt |")
+    p = _load("pipeline")
+    if p:
+        rows = {(r["schedule"], r["microbatches"]): r for r in p["rows"]}
+        mem = [f"{s} M={m}: {rows[(s, m)]['max_stage_activation_ratio']:.2f}" for s, m in (("gpipe", 8), ("1f1b", 8)) if (s, m) in rows]
+        lines.append(f"| pipeline K=2 ({p['model']}, batch {p['batch']}): largest stage vs whole model, params / peak activations | "
+                     f"**{max(r['max_stage_param_ratio'] for r in p['rows']):.2f}** / **{'**, **'.join(mem)}** | ≤0.55 |")
+        for s in ("gpipe", "1f1b"):
+            cells = ", ".join(f"M={r['microbatches']}: {r['step_vs_no_pipeline']:.2f}× (bubble {r['bubble_theory']:.2f}, idle {r['idle_fraction_measured']:.2f})"
+                              for r in p["rows"] if r["schedule"] == s)
+            lines.append(f"| pipeline {s} step time vs no pipeline (theory bubble, measured idle) | {cells} | report (2 cores: not faster) |")
     a = _load("ablation")
     if a:
         for label, v in a["configs"].items():
@@ -317,7 +330,8 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in args.only.split(","):
         t0 = time.time()
-        result = {"foundation": foundation, "ablation": ablation, "asha": asha, "mnist": mnist}[name]()
+        result = {"foundation": foundation, "ablation": ablation, "asha": asha, "mnist": mnist,
+                  "pipeline": pipeline_bench.run}[name]()
         result.update(measured_at=time.strftime("%Y-%m-%d %H:%M"), seconds=time.time() - t0, cpus=os.cpu_count(),
                       torch=torch.__version__)
         (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))

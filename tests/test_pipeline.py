@@ -12,7 +12,7 @@ from torch.testing import assert_close
 from raytrain.errors import UserError
 from raytrain.models import build_model
 from raytrain.parallel import pipeline as pl
-from ranks import run_ranks
+from raytrain.parallel.spawn import run_ranks
 
 SHAPE = (1, 8, 8)
 

@@ -1,5 +1,6 @@
-"""Run a function on N real processes joined by a gloo process group (torch.multiprocessing, spawn).
-Every wait is bounded: a rank that hangs fails the test instead of hanging it."""
+"""Run a function on N local processes joined by a gloo process group (torch.multiprocessing, spawn),
+without Ray: the pipeline tests and bench use it, and it is handy to try a pipeline layout quickly.
+Every wait is bounded: a rank that hangs raises TimeoutError instead of hanging the caller."""
 
 from __future__ import annotations
 
