@@ -32,6 +32,16 @@ def _parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="write a run's newest checkpoint as one full-model state_dict")
     ex.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     ex.add_argument("--out", type=Path, help="output file (default RUN_DIR/model.pt; never overwritten)")
+    cl = sub.add_parser("clusters", help="check cluster YAMLs, or see where a run's workers would land")
+    cv = cl.add_subparsers(dest="clusters_verb", required=True)
+    ck = cv.add_parser("check", help="Ray's launcher validator / KubeRay fields and CRDs, plus security lints")
+    ck.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    ck.add_argument("--crds", type=Path, default=None, metavar="DIR",
+                    help="folder with KubeRay's ray.io_rayclusters.yaml / ray.io_rayjobs.yaml for strict schema checks "
+                         "(default: $RAYTRAIN_KUBERAY_CRDS)")
+    cf = cv.add_parser("fit", help="which node pool each worker lands on, and how many trials run at once")
+    cf.add_argument("spec", type=Path, metavar="SPEC", help="search spec or experiment YAML")
+    cf.add_argument("cluster", type=Path, metavar="CLUSTER", help="cluster-launcher YAML or KubeRay manifest")
     rp = sub.add_parser("report", help="write report.html (learning curves, rungs, Pareto) for a search run")
     rp.add_argument("run_dir", type=Path)
     return p
@@ -62,6 +72,8 @@ def _dispatch(args, launch: float) -> int:
         return 0
     if args.verb == "search":
         return _search(args)
+    if args.verb == "clusters":
+        return _clusters(args)
     if args.verb == "export":
         from raytrain.export import export
 
@@ -79,6 +91,27 @@ def _dispatch(args, launch: float) -> int:
               f"{prep.info.n_train} train examples, shape {prep.info.in_shape}, {prep.info.num_classes} classes)")
         return 0
     return _train(exp, args.resume, launch)
+
+
+def _clusters(args) -> int:
+    import os
+
+    if args.clusters_verb == "fit":
+        from raytrain.clusters.fit import fit
+
+        ok, lines = fit(args.spec, args.cluster)
+        print("\n".join(lines))
+        return 0 if ok else EXIT_USER_ERROR
+    from raytrain.clusters.check import check_file
+
+    crds = args.crds or (Path(os.environ["RAYTRAIN_KUBERAY_CRDS"]) if os.environ.get("RAYTRAIN_KUBERAY_CRDS") else None)
+    problems = [p for f in args.files for p in check_file(f, crds)]
+    for p in problems:
+        print(p, file=sys.stderr)
+    strict = "" if crds else " (KubeRay manifests: fields only; pass --crds for the strict schema)"
+    if not problems:
+        print(f"{len(args.files)} file(s) ok{strict}")
+    return EXIT_USER_ERROR if problems else 0
 
 
 def _train(exp, resume, launch: float) -> int:

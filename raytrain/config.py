@@ -152,6 +152,8 @@ class ParallelConfig(Strict):
     """One GPU per worker, nccl backend; gloo on CPU."""
     cpus_per_worker: int = Field(1, ge=1)
     """CPUs reserved per worker; torch intra-op threads are set to this."""
+    worker_resources: dict[str, float] = Field(default_factory=dict)
+    """Extra Ray resources per worker, e.g. {pool_gpu_8x: 1} to pin workers to a node pool of clusters/."""
     max_failures: int = Field(2, ge=0)
     """Worker-group failures survived by restarting from the latest checkpoint."""
     pipeline: PipelineConfig = PipelineConfig()

@@ -96,7 +96,7 @@ def build_trainer(prep: Prepared, run_dir: Path, launch_time: float, callbacks: 
                            "compile_cache": str(Path(exp.output).resolve() / ".cache" / "inductor")},
         torch_config=TorchConfig(backend="nccl" if par.use_gpu else "gloo", timeout_s=COLLECTIVE_TIMEOUT_S),
         scaling_config=ScalingConfig(num_workers=par.workers, use_gpu=par.use_gpu,
-                                     resources_per_worker={"CPU": par.cpus_per_worker}),
+                                     resources_per_worker={"CPU": par.cpus_per_worker, **par.worker_resources}),
         run_config=RunConfig(
             name=RAY_RUN_NAME, storage_path=str(run_dir),
             checkpoint_config=CheckpointConfig(num_to_keep=exp.checkpoint.keep),
@@ -121,7 +121,7 @@ def run(exp: Experiment, resume: Optional[Path] = None, launch: Optional[float] 
         if not (run_dir / RAY_RUN_NAME).is_dir():
             raise UserError(f"--resume {resume}: not a raytrain run folder (no {RAY_RUN_NAME}/ inside)")
     prep = preflight(exp)
-    check_fits(exp.parallel.workers, exp.parallel.cpus_per_worker, exp.parallel.use_gpu)
+    check_fits(exp.parallel.workers, exp.parallel.cpus_per_worker, exp.parallel.use_gpu, exp.parallel.worker_resources)
     if resume is None:
         run_dir = new_run_dir(exp)
     (run_dir / ("config.yaml" if resume is None else f"config.resume-{int(launch)}.yaml")).write_text(to_yaml(exp))

@@ -67,7 +67,9 @@ def ray_head(tmp_path):
 
     ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
     port, dash = free_port(), free_port()
+    # Jobs run the head's PATH python: start the head from this environment, as the README says.
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_DATA_LOG_LEVEL": "WARNING",
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
     cmd = [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={free_port()}",

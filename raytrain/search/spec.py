@@ -4,6 +4,7 @@ key by key, and turned into a Tune param_space, before anything runs."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
 from typing import Literal, Optional, Union
@@ -47,6 +48,8 @@ class TrialResources(Strict):
     """CPUs per trial worker."""
     use_gpu: bool = False
     """One GPU per trial worker."""
+    worker_resources: dict[str, float] = Field(default_factory=dict)
+    """Extra Ray resources per trial worker (e.g. a node pool's pool_* resource)."""
 
 
 class SearchConfig(Strict):
@@ -95,6 +98,8 @@ class SearchSpec:
         fixed = [f"parallel.workers={t.workers}", f"parallel.cpus_per_worker={t.cpus_per_worker}",
                  f"parallel.use_gpu={str(t.use_gpu).lower()}", f"train.epochs={a.max_t}",
                  "parallel.max_failures=0"]  # a failing trial ends; the search goes on
+        if t.worker_resources:
+            fixed.append(f"parallel.worker_resources={json.dumps(t.worker_resources)}")
         if self.search.objective.time_to_target is not None:
             fixed.append(f"train.early_stopping={{metric: val_accuracy, mode: max, patience: {a.max_t}, "
                          f"target: {self.search.objective.time_to_target}}}")

@@ -89,7 +89,7 @@ def require_state_api() -> None:
 def max_concurrent(spec: SearchSpec) -> int:
     """Trials whose workers the cluster holds at once (refuses a trial that can never be placed)."""
     t = spec.search.trial
-    check_fits(t.workers, t.cpus_per_worker, t.use_gpu)
+    check_fits(t.workers, t.cpus_per_worker, t.use_gpu, t.worker_resources)
     total = ray.cluster_resources()
     fits = [int(total.get("CPU", 0) // (t.workers * t.cpus_per_worker))]
     if t.use_gpu:

@@ -1,0 +1,46 @@
+"""`ray job submit` end to end: a real local head (token auth on, dashboard on 127.0.0.1, free ports),
+a job submitted with JobSubmissionClient and the project as its working_dir, followed to SUCCEEDED;
+its logs and result files are read back. Only the head this test started is stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_train_job_submitted_to_a_local_head(ray_head, tmp_path):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    _, url, _ = ray_head
+    # The head runs with token auth; this process imported Ray before it started, so Ray's own auth mode
+    # is already fixed here: send the token the head wrote (what RAY_AUTH_MODE=token makes the CLI do).
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    client = JobSubmissionClient(url, headers={"authorization": f"Bearer {token_file.read_text().strip()}"})
+    out = tmp_path / "job-runs"
+    entrypoint = (f"python -m raytrain train experiments/digits-cnn.yaml --set train.epochs=2 "
+                  f"--set parallel.workers=1 --set train.batch_size=64 --set output={out}")
+    job = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(ROOT)},
+                            entrypoint_num_cpus=0, metadata={"test": "raytrain"})
+    deadline = time.monotonic() + 300
+    status = client.get_job_status(job)
+    while status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED} and time.monotonic() < deadline:
+        time.sleep(2)
+        status = client.get_job_status(job)
+    logs = client.get_job_logs(job)
+    if status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        client.stop_job(job)
+        pytest.fail(f"job still {status} after 300 s:\n{logs[-2000:]}")
+    assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    assert "== raytrain summary ==" in logs and "status      completed" in logs
+    results = list(out.glob("digits-cnn/*/result.json"))
+    assert len(results) == 1, list(out.rglob("*"))
+    summary = json.loads(results[0].read_text())
+    assert summary["status"] == "completed" and summary["final"]["epoch"] == 2
+    assert Path(summary["checkpoint"]).is_dir()
