@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -56,47 +57,77 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def ray_head(tmp_path):
-    """A real Ray head (`ray start --head --block`) on free ports, dashboard on 127.0.0.1, token auth on.
-    Yields (gcs_address, dashboard_url, env for clients); stops only this head (terminates its process)."""
+@contextlib.contextmanager
+def _head(tmp_path: Path, extra_args: tuple = (), extra_env: dict | None = None, port: int | None = None,
+          num_cpus: int = 2):
+    """A real Ray head (`ray start --head --block`) on free ports, dashboard on 127.0.0.1, token auth on,
+    in its own process group. Yields (gcs_address, dashboard_url, env for clients, head log path); on exit
+    stops this head and everything it started (the group: GCS, raylets, autoscaler, fake nodes) and
+    nothing else."""
     import shutil
+    import signal
     import subprocess
     import sys
     import time
 
     ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
-    port, dash = free_port(), free_port()
+    port, dash = port or free_port(), free_port()
     # Jobs run the head's PATH python: start the head from this environment, as the README says.
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_DATA_LOG_LEVEL": "WARNING",
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
-    cmd = [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+           **(extra_env or {})}
+    cmd = [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", f"--num-cpus={num_cpus}",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={free_port()}",
            f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
-           "--disable-usage-stats"]
-    log = open(tmp_path / "head.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+           "--disable-usage-stats", *extra_args]
+    log_path = tmp_path / "head.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True)
     address, url = f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if "Ray runtime started" in (tmp_path / "head.log").read_text():
-            break
-        assert proc.poll() is None, (tmp_path / "head.log").read_text()[-2000:]
-        time.sleep(0.5)
-    else:
-        proc.terminate()
-        pytest.fail("ray head did not start within 60 s")
     try:
-        yield address, url, {**env, "RAY_ADDRESS": address}
+        deadline = time.monotonic() + 60
+        while "Ray runtime started" not in log_path.read_text():
+            assert proc.poll() is None, log_path.read_text()[-2000:]
+            if time.monotonic() > deadline:
+                pytest.fail("ray head did not start within 60 s")
+            time.sleep(0.5)
+        yield address, url, {**env, "RAY_ADDRESS": address}, log_path
     finally:
-        proc.terminate()  # --block: SIGTERM stops the processes this head started, and only those
+        proc.terminate()  # --block: SIGTERM stops the processes this head started
         try:
-            proc.wait(timeout=60)
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            pass
+        try:  # whatever of its group is still up (a slow GCS, fake nodes): ours, and only ours
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
         log.close()
         # `ray start` recorded this head as "the current cluster"; don't leave later drivers pointing at it.
         current = Path("/tmp/ray/ray_current_cluster")
         if current.is_file() and current.read_text().strip().endswith(f":{port}"):
             current.unlink()
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A real Ray head on free ports (see `_head`): yields (gcs_address, dashboard_url, env for clients)."""
+    with _head(tmp_path) as (address, url, env, _):
+        yield address, url, env
+
+
+@pytest.fixture
+def autoscaling_head(tmp_path):
+    """A head whose autoscaler runs clusters/local.yaml (fake multi-node provider): yields
+    (env for clients, head log path). Its 1 CPU holds no trainer worker; pools come on demand."""
+    import yaml
+
+    port = free_port()
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "clusters" / "local.yaml").read_text())
+    config["provider"]["gcs_address"] = f"127.0.0.1:{port}"
+    (tmp_path / "local.yaml").write_text(yaml.safe_dump(config))
+    with _head(tmp_path, ("--autoscaling-config", str(tmp_path / "local.yaml")), {"RAY_FAKE_CLUSTER": "1"},
+               port=port, num_cpus=1) as (_, _, env, log):
+        yield env, log

@@ -1,0 +1,33 @@
+"""Autoscaling on one machine: with clusters/local.yaml (the autoscaler's fake multi-node provider), a
+run that asks for a pool's resource makes the autoscaler start a node of that pool, and the run completes."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_run_on_a_pool_starts_a_node_of_that_pool(autoscaling_head, tmp_path):
+    env, head_log = autoscaling_head
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "raytrain", "train", str(ROOT / "experiments" / "digits-cnn.yaml"),
+           "--set", "parallel.workers=1", "--set", "parallel.worker_resources={pool_small: 1}",
+           "--set", "train.epochs=2", "--set", f"output={out}"]
+    proc = subprocess.run(cmd, env={**env, "RAYTRAIN_AUTOSCALING": "1"}, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    summary = json.loads(next(out.glob("digits-cnn/*/result.json")).read_text())
+    assert summary["status"] == "completed"
+    session = re.search(r"(/tmp/ray/session_[^/\s]+)/logs", head_log.read_text()).group(1)
+    monitor = (Path(session) / "logs" / "monitor.log").read_text()
+    # The worker's {CPU 1, pool_small 1} exists only on pool.small nodes: one was started for it. (The
+    # autoscaler may also add a pool.large node for the CPU tasks that read the data on a 1-CPU head.)
+    assert "Launching 1 nodes, type pool.small." in monitor
