@@ -96,7 +96,7 @@ def _head(tmp_path: Path, extra_args: tuple = (), extra_env: dict | None = None,
     finally:
         proc.terminate()  # --block: SIGTERM stops the processes this head started
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
         try:  # whatever of its group is still up (a slow GCS, fake nodes): ours, and only ours

@@ -44,3 +44,42 @@ def test_train_job_submitted_to_a_local_head(ray_head, tmp_path):
     summary = json.loads(results[0].read_text())
     assert summary["status"] == "completed" and summary["final"]["epoch"] == 2
     assert Path(summary["checkpoint"]).is_dir()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(480)
+def test_three_concurrent_search_jobs_do_not_interfere(ray_head, tmp_path):
+    """Load: 3 searches submitted at once to one 2-CPU head all finish every trial, each in its own run
+    folder (their trials queue for CPUs; none fails for want of one)."""
+    import yaml
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    _, url, _ = ray_head
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    client = JobSubmissionClient(url, headers={"authorization": f"Bearer {token_file.read_text().strip()}"})
+    jobs = {}
+    for k in range(3):
+        spec = {"name": f"load{k}", "seed": k, "data": {"dataset": "digits"}, "model": {"name": "mlp", "width": 0.5},
+                "train": {"batch_size": 64, "precision": "fp32", "optimizer": {"name": "sgd", "lr": 0.05}},
+                "output": str(tmp_path / "runs"),
+                "search": {"samples": 1, "space": {"train.optimizer.lr": {"grid": [0.03, 0.1]}}, "max_concurrent": 1,
+                           "asha": {"max_t": 2, "grace_period": 2}, "trial": {"workers": 1}}}
+        path = tmp_path / f"load{k}.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        jobs[k] = client.submit_job(entrypoint=f"python -m raytrain search {path}", entrypoint_num_cpus=0,
+                                    runtime_env={"working_dir": str(ROOT)})
+    deadline = time.monotonic() + 420
+    final = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+    while time.monotonic() < deadline and not all(client.get_job_status(j) in final for j in jobs.values()):
+        time.sleep(3)
+    statuses = {k: client.get_job_status(j) for k, j in jobs.items()}
+    for k, j in jobs.items():
+        if statuses[k] not in final:
+            client.stop_job(j)
+    assert all(s == JobStatus.SUCCEEDED for s in statuses.values()), \
+        {k: (statuses[k], client.get_job_logs(j)[-1500:]) for k, j in jobs.items()}
+    dirs = sorted((tmp_path / "runs").glob("load*-search/*/search.json"))
+    assert len(dirs) == 3 and len({d.parent for d in dirs}) == 3  # separate run folders
+    for d in dirs:
+        trials = json.loads(d.read_text())["trials"]
+        assert [t["status"] for t in trials] == ["completed", "completed"], trials

@@ -1,0 +1,164 @@
+"""Reliability: the bad-input battery, table-driven, through the CLI. Every malformed input - experiment
+YAML, search spec, --set override, Parquet data, user model, cluster YAML, run folder - gets exactly one
+line on stderr naming the culprit, exit code 2, no traceback, and leaves an earlier run byte-for-byte intact."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from raytrain.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+EXP = {"name": "b", "data": {"dataset": "digits"}, "model": {"name": "mlp", "width": 0.5},
+       "train": {"epochs": 1, "batch_size": 64, "precision": "fp32"}, "parallel": {"workers": 1}}
+
+
+def _yaml(tmp: Path, filename: str, doc, **patch) -> str:
+    doc = yaml.safe_load(yaml.safe_dump(doc))
+    for dotted, value in patch.items():
+        node = doc
+        *parents, last = dotted.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    path = tmp / filename
+    path.write_text(yaml.safe_dump(doc) if not isinstance(doc, str) else doc)
+    return str(path)
+
+
+def _exp(tmp: Path, **patch) -> list[str]:
+    return ["train", _yaml(tmp, "exp.yaml", {**EXP, "output": str(tmp / "runs")}, **patch)]
+
+
+def _validate(tmp: Path, **patch) -> list[str]:
+    return ["validate", _yaml(tmp, "exp.yaml", {**EXP, "output": str(tmp / "runs")}, **patch)]
+
+
+def _spec(tmp: Path, **search) -> list[str]:
+    doc = {**EXP, "output": str(tmp / "runs"), "search": {"space": {"train.optimizer.lr": {"grid": [0.01, 0.1]}}, **search}}
+    return ["search", _yaml(tmp, "spec.yaml", doc)]
+
+
+def _parquet(tmp: Path, table: pa.Table | None = None, text: str | None = None, **patch) -> list[str]:
+    path = tmp / "data.parquet"
+    if text is not None:
+        path.write_text(text)
+    elif table is not None:
+        pq.write_table(table, path)
+    data = {"dataset": "parquet", "path": str(path), "features": "x", "label": "y", **patch}
+    return _validate(tmp, data=data)
+
+
+def _good_x(n: int = 8):
+    return pa.array(np.ones((n, 4), np.float32).tolist(), pa.list_(pa.float32()))
+
+
+def _cluster(tmp: Path, name: str, mutate) -> list[str]:
+    doc = yaml.safe_load((ROOT / "clusters" / name).read_text())
+    mutate(doc)
+    return ["clusters", "check", _yaml(tmp, name, doc)]
+
+
+def _open_6379(d):
+    d["provider"]["security_group"]["IpPermissions"].append(
+        {"FromPort": 6379, "ToPort": 6379, "IpProtocol": "TCP", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]})
+
+
+CASES = {
+    # experiment YAML
+    "yaml unknown top key": (lambda t: _exp(t, trainn={}), "trainn: unknown key"),
+    "yaml unknown nested key": (lambda t: _exp(t, train__optimzer={}), "train.optimzer: unknown key"),
+    "yaml wrong type": (lambda t: _exp(t, train__epochs="five"), "train.epochs"),
+    "yaml negative lr": (lambda t: _exp(t, train__optimizer={"lr": -1}), "train.optimizer.lr"),
+    "yaml syntax": (lambda t: ["train", _yaml(t, "e.yaml", "train: {epochs: [1,\n")], "not valid YAML"),
+    "yaml not a mapping": (lambda t: ["train", _yaml(t, "e.yaml", "- 1\n- 2\n")], "top level must be a mapping"),
+    "yaml missing file": (lambda t: ["train", str(t / "nope.yaml")], "nope.yaml: file not found"),
+    "yaml batch vs workers": (lambda t: _exp(t, train__batch_size=65, parallel__workers=2), "train.batch_size 65"),
+    "yaml fp16 on cpu": (lambda t: _exp(t, train__precision="fp16"), "train.precision fp16"),
+    "yaml pipeline 1f1b": (lambda t: _exp(t, parallel__workers=2, parallel__pipeline={"stages": 2, "microbatches": 1}),
+                           "parallel.pipeline.microbatches 1"),
+    "yaml warmup": (lambda t: _exp(t, train__schedule={"name": "cosine", "warmup_epochs": 2}), "warmup_epochs"),
+    "yaml bad run name": (lambda t: _exp(t, name="../x"), "name"),
+    # --set overrides
+    "set without =": (lambda t: _exp(t) + ["--set", "train.epochs"], "--set train.epochs: expected key.path=value"),
+    "set unknown key": (lambda t: _exp(t) + ["--set", "train.epohcs=3"], "train.epohcs: unknown key"),
+    "set bad yaml": (lambda t: _exp(t) + ["--set", "train.epochs=[1,"], "value is not valid YAML"),
+    "set into scalar": (lambda t: _exp(t) + ["--set", "name.x=1"], "name is not a mapping"),
+    # search spec
+    "spec unknown key": (lambda t: _spec(t, sampels=2), "search.sampels: unknown key"),
+    "spec grace > max_t": (lambda t: _spec(t, asha={"max_t": 2, "grace_period": 3}), "grace_period 3 exceeds max_t 2"),
+    "spec unknown space key": (lambda t: _spec(t, space={"train.lrr": {"grid": [1]}}), "train.lrr"),
+    "spec rejected value": (lambda t: _spec(t, space={"train.epochs": {"grid": [0]}}), "search.space.train.epochs: value 0"),
+    "spec bad kind": (lambda t: _spec(t, space={"train.optimizer.lr": {"normal": [0, 1]}}), "give exactly one of grid"),
+    # Parquet data
+    "parquet missing feature column": (lambda t: _parquet(t, pa.table({"z": _good_x(), "y": pa.array(np.arange(8) % 2)})),
+                                       "data.features: column 'x' not in"),
+    "parquet missing label column": (lambda t: _parquet(t, pa.table({"x": _good_x(), "c": pa.array(np.arange(8) % 2)})),
+                                     "data.label: column 'y' not in"),
+    "parquet label dtype": (lambda t: _parquet(t, pa.table({"x": _good_x(), "y": pa.array(["a"] * 8)})), "y"),
+    "parquet feature dtype": (lambda t: _parquet(t, pa.table({"x": pa.array(["s"] * 8), "y": pa.array(np.arange(8) % 2)})),
+                              "x"),
+    "parquet ragged": (lambda t: _parquet(t, pa.table({"x": pa.array([[1.0]] * 7 + [[1.0, 2.0]]),
+                                                       "y": pa.array(np.arange(8) % 2)})), "is ragged"),
+    "parquet empty": (lambda t: _parquet(t, pa.table({"x": pa.array([], pa.list_(pa.float32())), "y": pa.array([], pa.int64())})),
+                      "dataset is empty"),
+    "parquet not parquet": (lambda t: _parquet(t, text="a,b\n1,2\n"), "not a readable Parquet file"),
+    "parquet missing file": (lambda t: _validate(t, data={"dataset": "parquet", "path": str(t / "gone.parquet")}), "gone.parquet"),
+    # user model
+    "model missing module": (lambda t: _validate(t, model={"name": "no_such_pkg.models:net"}), "cannot import no_such_pkg.models"),
+    "model missing function": (lambda t: _validate(t, model={"name": "usermodels:nope"}), "has no function nope"),
+    "model wrong signature": (lambda t: _validate(t, model={"name": "usermodels:wrong_signature"}), "must accept (in_shape, num_classes)"),
+    "model not a module": (lambda t: _validate(t, model={"name": "usermodels:not_a_module"}), "not a torch.nn.Module"),
+    "model wrong output": (lambda t: _validate(t, model={"name": "usermodels:wrong_output"}), "expected (batch, 10)"),
+    "model too many stages": (lambda t: _validate(t, model={"name": "usermodels:tiny"}, parallel={"workers": 8, "pipeline":
+                              {"stages": 8, "microbatches": 8}}, train={"batch_size": 64, "epochs": 1}), "parallel.pipeline.stages"),
+    # cluster YAMLs
+    "cluster unknown field": (lambda t: _cluster(t, "aws-gpu.yaml", lambda d: d.update(max_worker=3)), "max_worker"),
+    "cluster open GCS": (lambda t: _cluster(t, "aws-gpu.yaml", _open_6379), "on 6379 (GCS)"),
+    "cluster gpu mismatch": (lambda t: _cluster(t, "kuberay-gpu.yaml", lambda d: d["spec"]["workerGroupSpecs"][0]
+                                                ["rayStartParams"].update({"num-gpus": "2"})), "num-gpus"),
+    # run folders
+    "export not a run": (lambda t: ["export", str(t)], "not a raytrain run folder"),
+    "report not a search": (lambda t: ["report", str(t / "nothing")], "nothing"),
+}
+
+
+@pytest.fixture
+def earlier_run(tmp_path):
+    """An earlier run's folder; every case must leave it exactly as it was."""
+    run = tmp_path / "runs" / "b" / "20260101-000000"
+    (run / "train" / "checkpoint_000").mkdir(parents=True)
+    for rel, body in {"config.yaml": "name: b\n", "metrics.jsonl": '{"epoch": 1}\n', "result.json": "{}",
+                      "train/checkpoint_000/state.pt": "weights"}.items():
+        (run / rel).write_text(body)
+    return run
+
+
+def _snapshot(root: Path) -> dict:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_battery_is_large_enough():
+    assert len(CASES) >= 30
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_one_line_exit_2(name, tmp_path, capsys, earlier_run):
+    make, culprit = CASES[name]
+    before = _snapshot(earlier_run)
+    args = make(tmp_path)
+    assert main(args) == 2
+    out, err = capsys.readouterr()
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert culprit in lines[0], lines[0]
+    assert "Traceback" not in out + err
+    assert _snapshot(earlier_run) == before
+    assert sorted(p.name for p in (tmp_path / "runs" / "b").iterdir()) == [earlier_run.name]  # no new run folder

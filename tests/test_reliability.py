@@ -1,0 +1,181 @@
+"""Reliability: faults survived, impossible requests refused fast, nothing lost. Real processes, no mocks:
+a SIGKILLed Train worker, a process killed mid-checkpoint-write, a torn latest checkpoint, resources no
+node has, a diverging trial in a search, and the security defaults of an embedded Ray.
+(Killed search driver -> --resume: tests/test_search_resume.py; bad inputs: tests/test_bad_input_battery.py;
+concurrent search jobs: tests/test_jobs.py.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from raytrain import checkpoint as ckpt
+from raytrain import trainer
+from raytrain.config import set_dotted, validate_experiment
+from raytrain.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _exp(d: dict, **patch):
+    d = json.loads(json.dumps(d))
+    for dotted, value in patch.items():
+        set_dotted(d, dotted.replace("__", "."), value)
+    return validate_experiment(d, "test")
+
+
+def _epochs(run_dir) -> list[int]:
+    return [json.loads(r)["epoch"] for r in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_sigkilled_worker_resumes_from_checkpoint_and_matches_uninterrupted(ray_local, exp_dict):
+    from usermodels import CRASH_ARM
+
+    clean = trainer.run(_exp(exp_dict, model__name="usermodels:tiny", train__epochs=3))
+    Path(CRASH_ARM).write_text("armed")
+    try:
+        s = trainer.run(_exp(exp_dict, model__name="usermodels:crash_once", train__epochs=3))
+    finally:
+        Path(CRASH_ARM).unlink(missing_ok=True)
+    assert s["status"] == "completed", s
+    assert not Path(CRASH_ARM).exists()  # the SIGKILL happened (mid-epoch 2)
+    assert _epochs(s["run_dir"]) == [1, 2, 3]  # epoch 2 redone once from the epoch-1 checkpoint, nothing else
+    print(f"\n[figures] SIGKILLed worker: val_acc {s['final']['val_accuracy']:.4f} vs uninterrupted "
+          f"{clean['final']['val_accuracy']:.4f}; wall {s['wall_s']:.1f} s vs {clean['wall_s']:.1f} s")
+    assert abs(s["final"]["val_accuracy"] - clean["final"]["val_accuracy"]) <= 0.002
+
+
+def test_kill_during_checkpoint_write_keeps_the_previous_one(tmp_path):
+    ckpt.save_state(tmp_path, {"epoch": 1, "w": torch.zeros(10)})
+    script = textwrap.dedent(f"""
+        import io, os, signal, torch
+        from raytrain import checkpoint as ckpt
+        real_save = torch.save
+        def dying_save(obj, f, *a, **k):  # half the bytes reach the disk, then the process is SIGKILLed
+            buf = io.BytesIO(); real_save(obj, buf); data = buf.getvalue()
+            f.write(data[: len(data) // 2]); f.flush(); os.fsync(f.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+        torch.save = dying_save
+        ckpt.save_state({str(tmp_path)!r}, {{"epoch": 2, "w": torch.ones(100000)}})
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, timeout=120)
+    assert proc.returncode == -9
+    assert (tmp_path / ".state.pt.tmp").is_file()  # the torn write is in the temp file only
+    state = ckpt.load_state(tmp_path)
+    assert state["epoch"] == 1 and torch.equal(state["w"], torch.zeros(10))
+
+
+def test_torn_latest_checkpoint_falls_back_with_a_warning(tmp_path):
+    old, new = tmp_path / "checkpoint_1", tmp_path / "checkpoint_2"
+    ckpt.save_state(old, {"epoch": 0})
+    ckpt.save_state(new, {"epoch": 1})
+    data = (new / ckpt.STATE_FILE).read_bytes()
+    (new / ckpt.STATE_FILE).write_bytes(data[: len(data) // 3])
+    with pytest.warns(UserWarning, match="checkpoint_2/state.pt unreadable"):
+        state, used = ckpt.load_latest(ckpt.checkpoint_dirs(tmp_path))
+    assert used == old and state["epoch"] == 0
+
+
+def test_resume_skips_a_corrupt_latest_checkpoint(ray_local, exp_dict):
+    first = trainer.run(_exp(exp_dict, train__epochs=2))
+    latest = Path(first["checkpoint"])
+    (latest / ckpt.STATE_FILE).write_bytes(b"\x00garbage")  # a torn / tampered latest checkpoint
+    second = trainer.run(_exp(exp_dict, train__epochs=3), resume=Path(first["run_dir"]))
+    assert second["status"] == "completed", second
+    assert _epochs(first["run_dir"]) == [1, 2, 2, 3]  # resumed from epoch 1's checkpoint, epoch 2 redone
+
+
+@pytest.mark.parametrize("patch,msg", [
+    ({"parallel__worker_resources": {"pool_gpu_8x": 1}}, "pool_gpu_8x: 1 worker(s) need 1 pool_gpu_8x but the cluster has 0"),
+    ({"parallel__workers": 3, "train__batch_size": 63}, "3 worker(s) need 3 CPU but the cluster has 2"),
+])
+def test_train_with_resources_no_node_has_is_refused_fast(ray_local, exp_dict, patch, msg):
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+        trainer.run(_exp(exp_dict, **patch))
+    assert time.monotonic() - t0 < 30
+
+
+@pytest.mark.parametrize("trial,msg", [
+    ({"workers": 1, "use_gpu": True}, "parallel.use_gpu: 1 worker(s) need 1 GPU but the cluster has 0"),
+    ({"workers": 1, "worker_resources": {"pool_x": 1}}, "pool_x: 1 worker(s) need 1 pool_x"),
+])
+def test_search_with_resources_no_node_has_is_refused_fast(ray_local, tmp_path, trial, msg):
+    from raytrain.search import driver
+    from raytrain.search.spec import load_spec
+
+    spec_path = tmp_path / "s.yaml"
+    spec_path.write_text(json.dumps({
+        "name": "r", "data": {"dataset": "digits"}, "model": {"name": "mlp"}, "output": str(tmp_path / "runs"),
+        "train": {"batch_size": 64, "precision": "fp32"},
+        "search": {"space": {"train.optimizer.lr": {"grid": [0.01, 0.1]}}, "trial": trial}}))
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+        driver.run(load_spec(spec_path))
+    assert time.monotonic() - t0 < 30
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("search.json"))
+
+
+def test_diverging_trial_ends_alone(ray_local, tmp_path):
+    from raytrain.search import driver
+    from raytrain.search.spec import load_spec
+
+    spec_path = tmp_path / "s.yaml"
+    spec_path.write_text(json.dumps({
+        "name": "d", "data": {"dataset": "digits"}, "model": {"name": "mlp", "width": 0.5}, "output": str(tmp_path / "runs"),
+        "train": {"batch_size": 64, "precision": "fp32", "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.0}},
+        "search": {"samples": 1, "space": {"train.optimizer.lr": {"grid": [0.05, 1.0e6]}}, "max_concurrent": 1,
+                   "asha": {"max_t": 2, "grace_period": 2}, "trial": {"workers": 1}}}))
+    summary = driver.run(load_spec(spec_path))
+    by_lr = {t["params"]["train.optimizer.lr"]: t for t in summary["trials"]}
+    assert by_lr[1.0e6]["status"] == "diverged" and by_lr[1.0e6]["epochs"] == 1  # stopped at its first epoch
+    assert by_lr[0.05]["status"] == "completed" and by_lr[0.05]["val_accuracy"] > 0.5
+
+
+def test_embedded_ray_dashboard_is_local_and_needs_the_token(tmp_path):
+    script = textwrap.dedent("""
+        import json, socket, struct, urllib.error, urllib.request
+        from raytrain.runtime import ray_session, dashboard_url
+
+        def listening_ips(port):  # from /proc/net/tcp{,6}: local addresses in state LISTEN (0A) on `port`
+            ips = set()
+            for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+                try:
+                    rows = open(name).read().splitlines()[1:]
+                except OSError:
+                    continue
+                for row in rows:
+                    local, state = row.split()[1], row.split()[3]
+                    addr, p = local.split(":")
+                    if state == "0A" and int(p, 16) == port:
+                        raw = bytes.fromhex(addr)
+                        if len(raw) == 4:
+                            ips.add(socket.inet_ntop(socket.AF_INET, struct.pack("<I", int(addr, 16))))
+                        else:
+                            ips.add(socket.inet_ntop(socket.AF_INET6, b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))))
+            return sorted(ips)
+
+        with ray_session(num_cpus=1):
+            url = dashboard_url()
+            port = int(url.rsplit(":", 1)[1])
+            listening = listening_ips(port)
+            try:
+                status = urllib.request.urlopen(url + "/api/jobs/", timeout=10).status
+            except urllib.error.HTTPError as e:
+                status = e.code
+            print("RESULT " + json.dumps({"url": url, "listening": listening, "status": status}))
+    """)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
+    got = json.loads(line[len("RESULT "):])
+    assert got["url"].startswith("http://127.0.0.1:")
+    assert got["listening"] == ["127.0.0.1"]
+    assert got["status"] in (401, 403)  # token authentication is on: no token, no job API
