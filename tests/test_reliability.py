@@ -35,6 +35,7 @@ def _epochs(run_dir) -> list[int]:
     return [json.loads(r)["epoch"] for r in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_sigkilled_worker_resumes_from_checkpoint_and_matches_uninterrupted(ray_local, exp_dict):
     from usermodels import CRASH_ARM
 
@@ -123,6 +124,7 @@ def test_search_with_resources_no_node_has_is_refused_fast(ray_local, tmp_path, 
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("search.json"))
 
 
+@pytest.mark.slow
 def test_diverging_trial_ends_alone(ray_local, tmp_path):
     from raytrain.search import driver
     from raytrain.search.spec import load_spec

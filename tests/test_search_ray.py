@@ -41,6 +41,7 @@ def test_asha_wiring_with_scripted_results():
     assert (tt._metric, tt._mode) == ("val_accuracy", "max")  # still prunes on accuracy
 
 
+@pytest.mark.slow
 def test_small_search_end_to_end(ray_local, tmp_path):
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump({**SPEC, "output": str(tmp_path / "runs")}))
