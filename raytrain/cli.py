@@ -168,6 +168,8 @@ def _print_summary(s: dict) -> None:
         print(f"model       {m['params_nonzero']:,}/{m['params_total']:,} non-zero params{flops}{stages}")
     startup = f" (first step {s['first_step_s']:.1f} s after launch)" if s.get("first_step_s") else ""
     print(f"wall time   {s['wall_s']:.1f} s{startup}")
+    if s.get("startup"):
+        print("start-up    " + ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in s["startup"].items()))
     print(f"checkpoint  {s['checkpoint']}")
     print(f"logs        {s['metrics_log']}  (summary: {s['run_dir']}/result.json)")
 

@@ -54,6 +54,7 @@ class Session:
     elapsed_s: float = 0.0
     pruned: float = 0.0
     launch_time: Optional[float] = None  # wall clock when `raytrain train` started (for time-to-first-step)
+    startup_marks: Optional[dict] = None  # wall clock when this worker's loop began / its model was ready
 
 
 def quiet_report_log() -> None:
@@ -65,6 +66,7 @@ def quiet_report_log() -> None:
 
 
 def train_loop_per_worker(config: dict) -> None:
+    entered = time.time()
     quiet_report_log()
     exp = Experiment.model_validate(config["experiment"])
     info = DataInfo.from_json(config["data"])
@@ -81,6 +83,7 @@ def train_loop_per_worker(config: dict) -> None:
         return
     s = _build_session(exp, info, ray.train.get_checkpoint())
     s.launch_time = config.get("launch_time")
+    s.startup_marks = {"worker_entered": entered, "model_ready": time.time()}
     run_epochs(s)
 
 
@@ -199,6 +202,8 @@ def run_epochs(s: Session) -> None:
         metrics = epoch_metrics(s, epoch, tr, va, train_s, epoch_s, world)
         if s.launch_time and epoch == s.start_epoch:
             metrics["first_step_s"] = first_step_at - s.launch_time
+            for name, t in (s.startup_marks or {}).items():
+                metrics[f"startup_{name}_s"] = t - s.launch_time
         stop = stop_reason(s, epoch, metrics)
         final = stop is not None or epoch == exp.train.epochs - 1
         if final and exp.pruning.method == "magnitude":
