@@ -42,6 +42,25 @@ def exp_dict(tmp_path):
     }
 
 
+def make_exp(d: dict, **patch):
+    """A validated Experiment from a dict, with `a__b=value` patches applied to key a.b."""
+    import json
+
+    from raytrain.config import set_dotted, validate_experiment
+
+    d = json.loads(json.dumps(d))
+    for dotted, value in patch.items():
+        set_dotted(d, dotted.replace("__", "."), value)
+    return validate_experiment(d, "test")
+
+
+def metric_rows(run_dir) -> list[dict]:
+    """The per-epoch rows of a run's metrics.jsonl."""
+    import json
+
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
 def write_yaml(path: Path, data: dict) -> Path:
     import yaml
 

@@ -17,32 +17,25 @@ import pytest
 import torch
 
 from raytrain import checkpoint as ckpt
+from conftest import make_exp, metric_rows
 from raytrain import trainer
-from raytrain.config import set_dotted, validate_experiment
 from raytrain.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _exp(d: dict, **patch):
-    d = json.loads(json.dumps(d))
-    for dotted, value in patch.items():
-        set_dotted(d, dotted.replace("__", "."), value)
-    return validate_experiment(d, "test")
-
-
 def _epochs(run_dir) -> list[int]:
-    return [json.loads(r)["epoch"] for r in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [r["epoch"] for r in metric_rows(run_dir)]
 
 
 @pytest.mark.slow
 def test_sigkilled_worker_resumes_from_checkpoint_and_matches_uninterrupted(ray_local, exp_dict):
     from usermodels import CRASH_ARM
 
-    clean = trainer.run(_exp(exp_dict, model__name="usermodels:tiny", train__epochs=3))
+    clean = trainer.run(make_exp(exp_dict, model__name="usermodels:tiny", train__epochs=3))
     Path(CRASH_ARM).write_text("armed")
     try:
-        s = trainer.run(_exp(exp_dict, model__name="usermodels:crash_once", train__epochs=3))
+        s = trainer.run(make_exp(exp_dict, model__name="usermodels:crash_once", train__epochs=3))
     finally:
         Path(CRASH_ARM).unlink(missing_ok=True)
     assert s["status"] == "completed", s
@@ -85,10 +78,10 @@ def test_torn_latest_checkpoint_falls_back_with_a_warning(tmp_path):
 
 
 def test_resume_skips_a_corrupt_latest_checkpoint(ray_local, exp_dict):
-    first = trainer.run(_exp(exp_dict, train__epochs=2))
+    first = trainer.run(make_exp(exp_dict, train__epochs=2))
     latest = Path(first["checkpoint"])
     (latest / ckpt.STATE_FILE).write_bytes(b"\x00garbage")  # a torn / tampered latest checkpoint
-    second = trainer.run(_exp(exp_dict, train__epochs=3), resume=Path(first["run_dir"]))
+    second = trainer.run(make_exp(exp_dict, train__epochs=3), resume=Path(first["run_dir"]))
     assert second["status"] == "completed", second
     assert _epochs(first["run_dir"]) == [1, 2, 2, 3]  # resumed from epoch 1's checkpoint, epoch 2 redone
 
@@ -100,7 +93,7 @@ def test_resume_skips_a_corrupt_latest_checkpoint(ray_local, exp_dict):
 def test_train_with_resources_no_node_has_is_refused_fast(ray_local, exp_dict, patch, msg):
     t0 = time.monotonic()
     with pytest.raises(UserError, match=msg.replace("(", r"\(").replace(")", r"\)")):
-        trainer.run(_exp(exp_dict, **patch))
+        trainer.run(make_exp(exp_dict, **patch))
     assert time.monotonic() - t0 < 30
 
 

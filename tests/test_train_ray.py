@@ -12,29 +12,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import make_exp, metric_rows
 from raytrain import trainer
-from raytrain.config import set_dotted, validate_experiment
 from raytrain.errors import UserError
 
 
-def _exp(d: dict, **patch):
-    d = json.loads(json.dumps(d))
-    for dotted, value in patch.items():
-        set_dotted(d, dotted.replace("__", "."), value)
-    return validate_experiment(d, "test")
-
-
-def _rows(run_dir) -> list[dict]:
-    return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_two_worker_ddp_on_digits_learns(ray_local, exp_dict):
-    exp = _exp(exp_dict, model__name="cnn", model__width=1.0, parallel__workers=2, train__epochs=4,
+    exp = make_exp(exp_dict, model__name="cnn", model__width=1.0, parallel__workers=2, train__epochs=4,
                train__precision="auto", train__schedule={"name": "cosine", "warmup_epochs": 1})
     s = trainer.run(exp)
     assert s["status"] == "completed", s
     assert s["final"]["val_accuracy"] > 0.80
-    rows = _rows(Path(s["run_dir"]))
+    rows = metric_rows(Path(s["run_dir"]))
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     assert sum("checkpoint" in r for r in rows) == 4  # every_epochs=1
     ckpts = sorted((Path(s["run_dir"]) / "train").glob("checkpoint_*"))
@@ -56,7 +45,7 @@ def test_ddp_two_workers_equal_one_worker_after_one_step(ray_local, exp_dict, tm
             "label": "c", "val_fraction": 8 / 72}
     losses = []
     for workers in (1, 2):
-        exp = _exp(exp_dict, data=data, parallel__workers=workers, train__epochs=1, train__batch_size=64,
+        exp = make_exp(exp_dict, data=data, parallel__workers=workers, train__epochs=1, train__batch_size=64,
                    train__optimizer={"name": "sgd", "lr": 0.5, "momentum": 0.0, "weight_decay": 0.0})
         s = trainer.run(exp)
         assert s["status"] == "completed", s
@@ -65,11 +54,11 @@ def test_ddp_two_workers_equal_one_worker_after_one_step(ray_local, exp_dict, tm
 
 
 def test_resume_continues_at_next_epoch(ray_local, exp_dict):
-    first = trainer.run(_exp(exp_dict, train__epochs=2))
+    first = trainer.run(make_exp(exp_dict, train__epochs=2))
     run_dir = Path(first["run_dir"])
-    second = trainer.run(_exp(exp_dict, train__epochs=3), resume=run_dir)
+    second = trainer.run(make_exp(exp_dict, train__epochs=3), resume=run_dir)
     assert second["run_dir"] == first["run_dir"] and second["status"] == "completed"
-    assert [r["epoch"] for r in _rows(run_dir)] == [1, 2, 3]
+    assert [r["epoch"] for r in metric_rows(run_dir)] == [1, 2, 3]
     assert second["final"]["elapsed_s"] > first["final"]["elapsed_s"]  # clock carried over
 
 
@@ -79,7 +68,7 @@ def test_user_parquet_with_other_column_names_trains(ray_local, exp_dict, tmp_pa
     d = load_digits()
     table = pa.table({"pixels": pa.array((d.data / 16).tolist(), pa.list_(pa.float32())), "target": pa.array(d.target)})
     pq.write_table(table, tmp_path / "digits.parquet")
-    exp = _exp(exp_dict, data={"dataset": "parquet", "path": str(tmp_path / "digits.parquet"), "features": "pixels",
+    exp = make_exp(exp_dict, data={"dataset": "parquet", "path": str(tmp_path / "digits.parquet"), "features": "pixels",
                                "label": "target", "shape": [1, 8, 8]}, model__name="cnn", train__epochs=3)
     s = trainer.run(exp)
     assert s["status"] == "completed" and s["final"]["val_accuracy"] > 0.7, s
@@ -93,10 +82,10 @@ def test_user_parquet_with_other_column_names_trains(ray_local, exp_dict, tmp_pa
 def test_impossible_resources_refused_fast(ray_local, exp_dict, patch, msg):
     t0 = time.monotonic()
     with pytest.raises(UserError, match=msg.replace("(", r"\(").replace(")", r"\)")):
-        trainer.run(_exp(exp_dict, **patch))
+        trainer.run(make_exp(exp_dict, **patch))
     assert time.monotonic() - t0 < 30
 
 
 def test_resume_of_non_run_dir_refused(ray_local, exp_dict, tmp_path):
     with pytest.raises(UserError, match="not a raytrain run folder"):
-        trainer.run(_exp(exp_dict), resume=tmp_path)
+        trainer.run(make_exp(exp_dict), resume=tmp_path)
