@@ -35,6 +35,7 @@ from raytrain.optim import build_optimizer  # noqa: E402
 from raytrain.techniques.schedule import build_scheduler  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
+import ddp_ceiling  # noqa: E402
 import pipeline_bench  # noqa: E402
 
 OUT = ROOT / "runs" / "bench"
@@ -102,6 +103,7 @@ def foundation() -> dict:
     epochs = 1 if data["dataset"] == "mnist" else 4  # one 60k-example epoch is steady state already
     exp1 = experiment(data=data, train__epochs=epochs, train__batch_size=128)
     plain = plain_pytorch_samples_per_s(exp1, threads=1)
+    ddp1, ddp2 = ddp_ceiling.samples_per_s(exp1, 1), ddp_ceiling.samples_per_s(exp1, 2)  # no Ray: the machine's ceiling
     ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
     try:
         one = rows(trainer.run(exp1))
@@ -116,6 +118,7 @@ def foundation() -> dict:
             "plain_pytorch_samples_per_s": plain, "ray_1worker_samples_per_s": r1, "ray_vs_plain": r1 / plain,
             "ray_2workers_samples_per_s": r2, "scaling_2_vs_1": r2 / r1,
             "ray_2workers_weak_samples_per_s": rw, "weak_scaling_2_vs_1": rw / r1,
+            "plain_ddp_1proc_samples_per_s": ddp1, "plain_ddp_2proc_samples_per_s": ddp2, "plain_ddp_2_vs_1": ddp2 / ddp1,
             "input_wait_s": {"1 worker": one[-1].get("input_wait_s"), "2 workers": two[-1].get("input_wait_s")},
             "startup": startup()}
 
@@ -274,6 +277,8 @@ def render_table() -> str:
             f"| Ray Train 1 worker vs plain PyTorch, samples/s | {f['ray_1worker_samples_per_s']:.0f} vs {f['plain_pytorch_samples_per_s']:.0f} = **{f['ray_vs_plain']:.2f}** | ≥0.95 |",
             f"| 2 workers × 1 CPU vs 1 × 1, samples/s, same global batch 128 | {f['ray_2workers_samples_per_s']:.0f} vs {f['ray_1worker_samples_per_s']:.0f} = **{f['scaling_2_vs_1']:.2f}×** | ≥1.8 |",
         ] + ([
+            f"| plain PyTorch DDP (gloo, no Ray) 2 processes vs 1, same global batch: this machine's ceiling | {f['plain_ddp_2proc_samples_per_s']:.0f} vs {f['plain_ddp_1proc_samples_per_s']:.0f} = **{f['plain_ddp_2_vs_1']:.2f}×** | (reference) |",
+        ] if "plain_ddp_2_vs_1" in f else []) + ([
             f"| 2 workers × 1 CPU vs 1 × 1, samples/s, same per-worker batch 128 | {f['ray_2workers_weak_samples_per_s']:.0f} vs {f['ray_1worker_samples_per_s']:.0f} = **{f['weak_scaling_2_vs_1']:.2f}×** | ≥1.8 |",
         ] if "weak_scaling_2_vs_1" in f else []) + [
             f"| `raytrain train` start → first step | **{f['startup']['first_step_s']:.1f} s** (process {f['startup']['process_wall_s']:.0f} s for 1 epoch)"
