@@ -101,3 +101,45 @@ def test_pipeline_model_mismatch_refused_in_preflight(exp_dict, patch, msg):
         msg = "8 stage(s) but the model has only 4 top-level blocks"
     with pytest.raises(UserError, match=msg.replace("(", r"\(").replace(")", r"\)")):
         trainer.preflight(exp)
+
+
+@pytest.fixture
+def ray_head_4cpu(tmp_path):
+    """A head advertising 4 logical CPUs on this 2-core machine, so a 4-worker DP x PP group can be placed."""
+    from conftest import _head
+
+    with _head(tmp_path, num_cpus=4) as (_, _, env, _):
+        yield env
+
+
+@pytest.mark.slow
+def test_dp2_x_pp2_on_four_ray_workers_matches_one_process_after_a_step(ray_head_4cpu, tmp_path):
+    """One SGD step on the same 64 examples: 4 Ray Train workers as 2 pipeline groups of 2 stages give
+    the validation loss of 1 worker without a pipeline (each group trains on its half of the batch)."""
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+    import yaml
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(72, 16)).astype(np.float32)
+    pq.write_table(pa.table({"f": pa.array(x.tolist(), pa.list_(pa.float32())), "c": pa.array(np.arange(72) % 4)}),
+                   tmp_path / "d.parquet")
+    base = {"name": "dpxpp", "seed": 0, "model": {"name": "mlp", "width": 0.5}, "output": str(tmp_path / "runs"),
+            "data": {"dataset": "parquet", "path": str(tmp_path / "d.parquet"), "features": "f", "label": "c",
+                     "val_fraction": 8 / 72},
+            "train": {"epochs": 1, "batch_size": 64, "precision": "fp32",
+                      "optimizer": {"name": "sgd", "lr": 0.5, "momentum": 0.0, "weight_decay": 0.0}}}
+    losses = []
+    for parallel in ({"workers": 1}, {"workers": 4, "pipeline": {"stages": 2, "microbatches": 2, "schedule": "gpipe"}}):
+        path = tmp_path / f"e{parallel['workers']}.yaml"
+        path.write_text(yaml.safe_dump({**base, "parallel": parallel}))
+        proc = subprocess.run([sys.executable, "-m", "raytrain", "train", str(path)], env=ray_head_4cpu, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        run_dir = next(ln.split()[2] for ln in proc.stdout.splitlines() if ln.startswith("[raytrain] run "))
+        final = json.loads((Path(run_dir) / "result.json").read_text())["final"]
+        losses.append(final["val_loss"])
+    assert final["pipeline_stages"] == 2 and final["data_parallel"] == 2
+    assert abs(losses[0] - losses[1]) < 1e-5, losses
