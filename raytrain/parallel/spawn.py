@@ -1,17 +1,19 @@
-"""Run a function on N local processes joined by a gloo process group (torch.multiprocessing, spawn),
+"""Run a function on N local processes joined by a gloo process group (multiprocessing, spawn),
 without Ray: the pipeline tests and bench use it, and it is handy to try a pipeline layout quickly.
 Every wait is bounded: a rank that hangs raises TimeoutError instead of hanging the caller."""
 
 from __future__ import annotations
 
+import io
+import multiprocessing as mp
 import os
 import queue
 import socket
 import time
 from datetime import timedelta
 
+import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 
 def _free_port() -> int:
@@ -21,13 +23,16 @@ def _free_port() -> int:
 
 
 def _entry(rank: int, world: int, port: int, fn, args, q) -> None:
-    import torch
-
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
     try:
-        q.put((rank, fn(*args), None))
+        # Results travel as bytes, not as torch.multiprocessing tensors: those are shared through a file
+        # descriptor that only lives while this process does, so a rank that exits before the caller
+        # reads its result would leave the caller with "FileNotFoundError" (seen in CI).
+        buf = io.BytesIO()
+        torch.save(fn(*args), buf)
+        q.put((rank, buf.getvalue(), None))
     except Exception as e:  # reported to the test, which fails with it
         q.put((rank, None, f"{type(e).__name__}: {e}"))
     finally:
@@ -51,7 +56,10 @@ def run_ranks(fn, world: int, *args, timeout: float = 120.0) -> list:
             except queue.Empty:
                 raise TimeoutError(f"ranks {sorted(set(range(world)) - set(results) - set(errors))} "
                                    f"gave no result within {timeout:.0f} s") from None
-            (errors if err else results)[rank] = err or value
+            if err:
+                errors[rank] = err
+            else:
+                results[rank] = torch.load(io.BytesIO(value), weights_only=False)
     finally:
         for p in procs:
             p.join(timeout=10)
