@@ -126,7 +126,7 @@ def test_diverging_trial_ends_alone(ray_local, tmp_path):
     spec_path.write_text(json.dumps({
         "name": "d", "data": {"dataset": "digits"}, "model": {"name": "mlp", "width": 0.5}, "output": str(tmp_path / "runs"),
         "train": {"batch_size": 64, "precision": "fp32", "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.0}},
-        "search": {"samples": 1, "space": {"train.optimizer.lr": {"grid": [0.05, 1.0e6]}}, "max_concurrent": 1,
+        "search": {"samples": 1, "space": {"train.optimizer.lr": {"grid": [0.05, 1.0e6]}}, "max_concurrent": 2,
                    "asha": {"max_t": 2, "grace_period": 2}, "trial": {"workers": 1}}}))
     summary = driver.run(load_spec(spec_path))
     by_lr = {t["params"]["train.optimizer.lr"]: t for t in summary["trials"]}
