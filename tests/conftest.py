@@ -113,12 +113,12 @@ def _head(tmp_path: Path, extra_args: tuple = (), extra_env: dict | None = None,
             time.sleep(0.5)
         yield address, url, {**env, "RAY_ADDRESS": address}, log_path
     finally:
-        try:  # SIGTERM to the whole group (GCS, raylet, dashboard, autoscaler: ours, and only ours)
+        try:  # the whole group: GCS, raylet, dashboard, autoscaler, fake nodes — ours, and only ours
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=3)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             pass  # `ray start --block` often outlives SIGTERM by >10 s here: not worth waiting for
-        try:  # whatever of its group is still up (a slow GCS, fake nodes): ours, and only ours
+        try:  # whatever of it is still up
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass

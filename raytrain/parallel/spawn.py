@@ -4,9 +4,9 @@ Every wait is bounded: a rank that hangs raises TimeoutError instead of hanging 
 
 from __future__ import annotations
 
-import io
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import socket
 import time
@@ -27,12 +27,10 @@ def _entry(rank: int, world: int, port: int, fn, args, q) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
     try:
-        # Results travel as bytes, not as torch.multiprocessing tensors: those are shared through a file
-        # descriptor that only lives while this process does, so a rank that exits before the caller
-        # reads its result would leave the caller with "FileNotFoundError" (seen in CI).
-        buf = io.BytesIO()
-        torch.save(fn(*args), buf)
-        q.put((rank, buf.getvalue(), None))
+        # Results travel as plain pickled bytes: put on the queue as tensors, torch's multiprocessing
+        # reductions (registered by `import torch`) share them through a file descriptor that only lives
+        # while this process does, and a rank that exits first leaves the caller a FileNotFoundError.
+        q.put((rank, pickle.dumps(fn(*args)), None))
     except Exception as e:  # reported to the test, which fails with it
         q.put((rank, None, f"{type(e).__name__}: {e}"))
     finally:
@@ -59,7 +57,7 @@ def run_ranks(fn, world: int, *args, timeout: float = 120.0) -> list:
             if err:
                 errors[rank] = err
             else:
-                results[rank] = torch.load(io.BytesIO(value), weights_only=False)
+                results[rank] = pickle.loads(value)
     finally:
         for p in procs:
             p.join(timeout=10)
