@@ -94,7 +94,7 @@ def seed_all(seed: int) -> None:
 
 
 def _steps_per_epoch(exp: Experiment, info: DataInfo) -> int:
-    # streaming_split(equal=True) gives every worker floor(n / world) rows
+    # trainer._equal_parts gives every worker floor(n / world) rows
     rows = info.n_train // exp.parallel.workers
     return max(1, math.ceil(rows / exp.per_worker_batch))
 
@@ -185,8 +185,8 @@ def run_epochs(s: Session) -> None:
     exp, ctx = s.exp, ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     bs = exp.per_worker_batch
-    train_it = ray.train.get_dataset_shard("train")
-    val_it = ray.train.get_dataset_shard("val")
+    train_it = ray.train.get_dataset_shard(f"train_{rank}")  # trainer.shard_name: cut per rank by the driver
+    val_it = ray.train.get_dataset_shard(f"val_{rank}")
     for epoch in range(s.start_epoch, exp.train.epochs):
         _prune_if_due(s, epoch)
         t0 = time.perf_counter()

@@ -38,6 +38,44 @@ def test_each_kind_becomes_a_tune_domain(tmp_path):
     assert exp.pruning.ratio == 0.5 and exp.train.epochs == 10 and exp.parallel.max_failures == 0
 
 
+def _generated(spec) -> list[dict]:
+    """The configs Tune's generator (as build_tuner sets it up) hands out, in order; no cluster needed."""
+    from ray.tune.experiment import Experiment
+
+    from raytrain.search.tuning import _seeded_search
+
+    gen = _seeded_search(spec, concurrent=0)
+    gen.add_configurations(Experiment("e", lambda config: None, config=spec.param_space(), num_samples=spec.n_trials()))
+    out = []
+    while (trial := gen.next_trial()) is not None:
+        out.append(trial.config)
+    return out
+
+
+def test_grid_points_shuffled_once_each_and_seeded(tmp_path):
+    space = {"train.optimizer.lr": {"grid": [0.01, 0.1, 1.0]}, "train.optimizer.momentum": {"grid": [0.0, 0.9]},
+             "pruning.ratio": {"uniform": [0.0, 0.5]}}
+    listed = load_spec(_spec(tmp_path, {"samples": 2, "order": "listed", "space": space}))
+    shuffled = load_spec(_spec(tmp_path, {"samples": 2, "space": space}))
+    product = [{"train.optimizer.lr": lr, "train.optimizer.momentum": m} for lr in (0.01, 0.1, 1.0) for m in (0.0, 0.9)]
+    assert listed.grid_points() == product * 2
+    key = lambda p: sorted(p.items())  # noqa: E731
+    assert sorted(shuffled.grid_points(), key=key) == sorted(product * 2, key=key)
+    assert shuffled.grid_points() != listed.grid_points()
+    assert shuffled.grid_points() == load_spec(_spec(tmp_path, {"samples": 2, "space": space})).grid_points()
+    assert shuffled.grid_points() != load_spec(_spec(tmp_path, {"samples": 2, "seed": 5, "space": space})).grid_points()
+    # Tune starts exactly those trials in that order, and still samples the non-grid keys
+    configs = _generated(shuffled)
+    assert [{k: c[k] for k in product[0]} for c in configs] == shuffled.grid_points()
+    assert len({c["pruning.ratio"] for c in configs}) == 12 and all(0.0 <= c["pruning.ratio"] <= 0.5 for c in configs)
+
+
+def test_no_grid_keys_samples_as_before(tmp_path):
+    spec = load_spec(_spec(tmp_path, {"samples": 3, "space": {"train.optimizer.lr": {"loguniform": [1e-3, 0.3]}}}))
+    assert spec.grid_points() == []
+    assert len(_generated(spec)) == 3
+
+
 def test_time_to_target_sets_early_stopping_target(tmp_path):
     spec = load_spec(_spec(tmp_path, {"objective": {"time_to_target": 0.9}, "asha": {"max_t": 4}}))
     exp = spec.trial_experiment({})

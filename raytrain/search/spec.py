@@ -4,8 +4,10 @@ key by key, and turned into a Tune param_space, before anything runs."""
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
+import random
 from pathlib import Path
 from typing import Literal, Optional, Union
 
@@ -63,7 +65,11 @@ class SearchConfig(Strict):
     """Trials at once; auto = what the cluster's CPUs/GPUs hold with every trial's workers placed."""
     trial: TrialResources = TrialResources()
     seed: Optional[int] = None
-    """Seed for Tune's sampling (null: the experiment seed)."""
+    """Seed for Tune's sampling and the grid shuffle (null: the experiment seed)."""
+    order: Literal["shuffled", "listed"] = "shuffled"
+    """Order grid points are tried in. ASHA judges a trial against those that reached its rung before
+    it, and its analysis assumes configs arrive in random order: a listed grid (all small learning
+    rates first) lets weak early trials through every rung. shuffled = a seeded permutation."""
 
     @field_validator("space")
     @classmethod
@@ -138,6 +144,19 @@ class SearchSpec:
                 "uniform": lambda a: tune.uniform(*a), "loguniform": lambda a: tune.loguniform(*a),
                 "randint": lambda a: tune.randint(int(a[0]), int(a[1]) + 1)}  # inclusive high, as YAML readers expect
         return {key: make[next(iter(dist))](self.space_values[key]) for key, dist in self.search.space.items()}
+
+    def grid_points(self) -> list[dict]:
+        """Every grid point, `samples` times each, in the order trials should start ([] without a grid).
+        Other keys (choice, uniform, ...) are still sampled by Tune for each point."""
+        keys = [k for k, d in self.search.space.items() if "grid" in d]
+        if not keys:
+            return []
+        points = [dict(zip(keys, combo)) for _ in range(self.search.samples)
+                  for combo in itertools.product(*(self.space_values[k] for k in keys))]
+        if self.search.order == "shuffled":
+            seed = self.search.seed if self.search.seed is not None else self.base.seed
+            random.Random(seed).shuffle(points)
+        return points
 
     def n_trials(self) -> int:
         grid = [len(self.space_values[k]) for k, d in self.search.space.items() if "grid" in d]

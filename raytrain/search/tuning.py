@@ -117,7 +117,7 @@ def build_tuner(spec: SearchSpec, run_dir: Path, resume: bool = False) -> tune.T
     return tune.Tuner(
         trainable,
         param_space=spec.param_space(),
-        tune_config=tune.TuneConfig(scheduler=make_scheduler(s), num_samples=s.samples,
+        tune_config=tune.TuneConfig(scheduler=make_scheduler(s), num_samples=spec.n_trials(),
                                     search_alg=_seeded_search(spec, max_concurrent(spec))),
         run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(run_dir), failure_config=tune.FailureConfig(max_failures=0),
                                   callbacks=[TBXLoggerCallback(), CSVLoggerCallback(), JsonLoggerCallback()]),
@@ -134,11 +134,14 @@ def make_scheduler(s: SearchConfig) -> ASHAScheduler:
 
 def _seeded_search(spec: SearchSpec, concurrent: int):
     """Tune's default generator, seeded, and carrying the concurrency limit itself: Tune silently ignores
-    TuneConfig.max_concurrent_trials when the search_alg is a BasicVariantGenerator we pass in."""
+    TuneConfig.max_concurrent_trials when the search_alg is a BasicVariantGenerator we pass in.
+
+    Grid points go in as points_to_evaluate, one trial each, in the spec's order (see SearchConfig.order);
+    num_samples is then the trial count, so nothing is generated after them."""
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     seed = spec.search.seed if spec.search.seed is not None else spec.base.seed
-    return BasicVariantGenerator(random_state=seed, max_concurrent=concurrent)
+    return BasicVariantGenerator(points_to_evaluate=spec.grid_points(), random_state=seed, max_concurrent=concurrent)
 
 
 def collect(spec: SearchSpec, grid) -> list[dict]:
