@@ -135,8 +135,11 @@ def startup() -> dict:
     run_dir = next((ln.split()[2] for ln in out.stdout.splitlines() if ln.startswith("[raytrain] run ")), None)
     first = json.loads((Path(run_dir) / "metrics.jsonl").read_text().splitlines()[0]) if run_dir else {}
     result = json.loads((Path(run_dir) / "result.json").read_text()) if run_dir else {}
+    bare = subprocess.run([sys.executable, str(ROOT / "bench" / "bare_trainer.py")], capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
+    floor = json.loads(bare.stdout.strip().splitlines()[-1]) if bare.returncode == 0 else {}
     return {"first_step_s": first.get("first_step_s"), "process_wall_s": wall, "exit_code": out.returncode,
-            "breakdown_s": result.get("startup", {})}
+            "breakdown_s": result.get("startup", {}), "bare_trainer": floor}
 
 
 ABLATION = {
@@ -298,7 +301,10 @@ def render_table() -> str:
         ] if "weak_scaling_2_vs_1" in f else []) + [
             f"| `raytrain train` start → first step | **{f['startup']['first_step_s']:.1f} s** (process {f['startup']['process_wall_s']:.0f} s for 1 epoch)"
             + ("; " + ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in f["startup"].get("breakdown_s", {}).items())
-               if f["startup"].get("breakdown_s") else "") + " | ≤15 s |",
+               if f["startup"].get("breakdown_s") else "")
+            + (f"; a bare TorchTrainer (2 workers, empty function, no raytrain code) needs "
+               f"{f['startup']['bare_trainer']['function_reached_s']:.1f} s from process start to its function here"
+               if f["startup"].get("bare_trainer") else "") + " | ≤15 s |",
         ]
     m = _load("mnist")
     if m and m.get("speedup"):
