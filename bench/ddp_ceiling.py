@@ -1,6 +1,10 @@
 """The machine's own data-parallel ceiling: the same loop as plain PyTorch DDP processes (gloo, no Ray),
 1 process vs `world` processes with one thread each, same global batch. If plain DDP scales no better
-than Ray Train here, the 2-worker figure is this machine's limit, not raytrain's overhead."""
+than Ray Train here, the 2-worker figure is this machine's limit, not raytrain's overhead.
+
+`independent=True` is the ceiling under that one: every process trains its own model on the whole
+1-process workload (same batch), with no gradient exchange at all, so the ratio is what two busy
+processes get out of this machine's two vCPUs (shared caches, memory bandwidth, the host's scheduling)."""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from raytrain.parallel.spawn import run_ranks
 from raytrain.techniques.schedule import build_scheduler
 
 
-def _rank_rate(exp_json: str) -> dict:
+def _rank_rate(exp_json: str, independent: bool = False) -> dict:
     import torch.distributed as dist
 
     from raytrain.config import Experiment
@@ -31,11 +35,12 @@ def _rank_rate(exp_json: str) -> dict:
     t = pq.read_table(info.train_path)
     x = torch.from_numpy(np.stack(t.column("x").to_numpy(zero_copy_only=False)).astype(np.float32)).reshape(-1, *info.in_shape)
     y = torch.from_numpy(t.column("y").to_numpy())
-    x, y = x[rank::world], y[rank::world]
+    if not independent:
+        x, y = x[rank::world], y[rank::world]
     model = build_model(exp.model.name, info.in_shape, info.num_classes, exp.model.width)
-    wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 and not independent else model
     opt = build_optimizer(model, exp.train.optimizer)
-    bs = exp.train.batch_size // world
+    bs = exp.train.batch_size if independent else exp.train.batch_size // world
     steps = len(y) // bs
     stepper = SchedulerStepper(build_scheduler(opt, exp.train.schedule, 1, steps, exp.train.optimizer.lr), steps)
     env = StepEnv(torch.device("cpu"), "fp32", False, info.scale, info.mean, info.std)
@@ -46,6 +51,6 @@ def _rank_rate(exp_json: str) -> dict:
     return {"count": stats["count"], "seconds": time.perf_counter() - t0}
 
 
-def samples_per_s(exp, world: int) -> float:
-    ranks = run_ranks(_rank_rate, world, exp.model_dump_json(), timeout=1800)
+def samples_per_s(exp, world: int, independent: bool = False) -> float:
+    ranks = run_ranks(_rank_rate, world, exp.model_dump_json(), independent, timeout=1800)
     return sum(r["count"] for r in ranks) / max(r["seconds"] for r in ranks)

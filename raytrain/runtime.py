@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 
 import ray
@@ -12,6 +13,7 @@ from raytrain.errors import UserError
 
 # Bound every wait Ray Train does on our behalf (its defaults retry the controller forever).
 WORKER_GROUP_START_TIMEOUT_S = "30"
+HEALTH_CHECK_INTERVAL_S = "0.5"
 CONTROLLER_FAILURE_LIMIT = 1
 _dashboard: str | None = None
 
@@ -20,6 +22,8 @@ def bound_ray_train_waits() -> None:
     """Give worker-group start-up a deadline and quiet per-epoch chatter; set before Ray starts so
     the controller, workers and Ray Data actors inherit it."""
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", WORKER_GROUP_START_TIMEOUT_S)
+    # The controller polls its workers this often (default 2 s): a finished run was noticed up to 2 s late.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
     # Train V2 re-logs every print() through its structured logger, so worker lines showed twice.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")  # one "Starting execution..." per epoch per split otherwise
@@ -37,15 +41,18 @@ def ray_session(num_cpus: int | None = None):
         return
     # Workers import user models ("package.module:function") from the launch directory.
     path = os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)
-    runtime_env = {"env_vars": {"PYTHONPATH": path, "RAY_DATA_LOG_LEVEL": os.environ["RAY_DATA_LOG_LEVEL"]}}
     global _dashboard
     if os.environ.get("RAY_ADDRESS"):
+        runtime_env = {"env_vars": {"PYTHONPATH": path, "RAY_DATA_LOG_LEVEL": os.environ["RAY_DATA_LOG_LEVEL"]}}
         ctx = ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=True)
         started = False
     else:
+        # An embedded Ray's processes inherit this environment, so no job runtime_env is needed: with one,
+        # no task could use the workers Ray pre-starts (their env differs) and each paid a fresh process.
+        os.environ["PYTHONPATH"] = path
         # address="local": a new embedded Ray, never a `ray start` cluster that happens to be running here.
         ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                       runtime_env=runtime_env, configure_logging=True, logging_level="WARNING")
+                       configure_logging=True, logging_level="WARNING")
         started = True
     _dashboard = getattr(ctx, "dashboard_url", None)
     previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM = Ctrl-C: the same clean shutdown
@@ -59,6 +66,14 @@ def ray_session(num_cpus: int | None = None):
 
 def _terminate(signum, frame):
     raise KeyboardInterrupt("SIGTERM")
+
+
+def in_background(fn, *args) -> Future:
+    """Run fn(*args) on a thread while the caller goes on (e.g. into ray.init); `.result()` returns or raises."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raytrain-prepare")
+    future = pool.submit(fn, *args)
+    pool.shutdown(wait=False)
+    return future
 
 
 def dashboard_url() -> str | None:

@@ -23,7 +23,6 @@ from raytrain import data as data_mod
 from raytrain.config import Experiment, to_yaml
 from raytrain.errors import UserError
 from raytrain.models import check_model
-from raytrain.parallel import pipeline
 from raytrain.runtime import CONTROLLER_FAILURE_LIMIT, check_fits
 from raytrain.techniques.pruning import check_supported
 from raytrain.worker import train_loop_per_worker
@@ -62,6 +61,8 @@ def preflight(exp: Experiment) -> Prepared:
         check_supported(model, exp.pruning.method, torch.zeros(1, *info.in_shape))
     pp = exp.parallel.pipeline
     if pp.stages > 1:  # more stages than blocks, unknown split names: refused before Ray starts
+        from raytrain.parallel import pipeline  # torch.distributed.pipelining: ~0.9 s of imports, pipelines only
+
         pipeline.split_points(pipeline.sequential_of(model), pp.stages * pipeline.stages_per_rank(pp.schedule), pp.split)
         if exp.per_worker_batch * exp.parallel.dp > info.n_train:
             raise UserError(f"train.batch_size {exp.train.batch_size}: larger than the training set ({info.n_train})")
@@ -141,18 +142,20 @@ def _blocks(table, rows_per_block: int = 8192, min_blocks: int = 8) -> list:
     return [table.slice(i, step) for i in range(0, max(table.num_rows, 1), step)]
 
 
-def run(exp: Experiment, resume: Optional[Path] = None, launch: Optional[float] = None) -> dict[str, Any]:
+def run(exp: Experiment, resume: Optional[Path] = None, launch: Optional[float] = None,
+        prepared: Optional[Prepared] = None) -> dict[str, Any]:
     """Train `exp` (in a new run dir, or continuing `resume`); returns the summary also written to result.json.
 
-    `launch` is when the user's command started (default: now), for the time-to-first-step figure."""
+    `launch` is when the user's command started (default: now), for the time-to-first-step figure;
+    `prepared` is `preflight(exp)` if the caller already ran it (the CLI does, while Ray starts)."""
     launch = launch or time.time()
     if resume is not None:
         run_dir = resume.resolve()
         if not (run_dir / RAY_RUN_NAME).is_dir():
             raise UserError(f"--resume {resume}: not a raytrain run folder (no {RAY_RUN_NAME}/ inside)")
     marks = {"ray_ready": time.time()}
-    prep = preflight(exp)
-    marks["data_ready"] = time.time()
+    prep = prepared or preflight(exp)
+    marks["data_ready"] = time.time()  # with `prepared`: only what ray.init did not hide
     check_fits(exp.parallel.workers, exp.parallel.cpus_per_worker, exp.parallel.use_gpu, exp.parallel.worker_resources)
     if resume is None:
         run_dir = new_run_dir(exp)

@@ -22,11 +22,17 @@ def ray_local():
         yield ray
         return
     repo = str(Path(__file__).resolve().parents[1])
-    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING",
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([repo, str(Path(__file__).parent)]),
-                                       "RAY_DATA_LOG_LEVEL": "WARNING"}})
+    # As raytrain.runtime does for an embedded Ray: its processes inherit this environment (a job
+    # runtime_env would keep tasks off the workers Ray pre-starts).
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [repo, str(Path(__file__).parent), before] if p)
+    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
     yield ray
     ray.shutdown()
+    if before is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = before
 
 
 @pytest.fixture
@@ -80,7 +86,8 @@ def free_port() -> int:
 def _head(tmp_path: Path, extra_args: tuple = (), extra_env: dict | None = None, port: int | None = None,
           num_cpus: int = 2):
     """A real Ray head (`ray start --head --block`) on free ports, dashboard on 127.0.0.1, token auth on,
-    in its own process group. Yields (gcs_address, dashboard_url, env for clients, head log path); on exit
+    in its own process group, with its own token. Yields (gcs_address, dashboard_url, env for clients — holding
+    RAY_AUTH_TOKEN_PATH —, head log path); on exit
     stops this head and everything it started (the group: GCS, raylets, autoscaler, fake nodes) and
     nothing else."""
     import shutil
@@ -89,10 +96,17 @@ def _head(tmp_path: Path, extra_args: tuple = (), extra_env: dict | None = None,
     import sys
     import time
 
+    import secrets
+
     ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
     port, dash = port or free_port(), free_port()
+    # `ray start` with token auth needs an existing token (only `ray.init()` makes one): this head gets
+    # its own, so the test depends on nothing in ~/.ray; clients read it from RAY_AUTH_TOKEN_PATH.
+    token = tmp_path / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
     # Jobs run the head's PATH python: start the head from this environment, as the README says.
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_DATA_LOG_LEVEL": "WARNING",
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "RAY_DATA_LOG_LEVEL": "WARNING",
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
            **(extra_env or {})}
@@ -115,9 +129,9 @@ def _head(tmp_path: Path, extra_args: tuple = (), extra_env: dict | None = None,
     finally:
         try:  # the whole group: GCS, raylet, dashboard, autoscaler, fake nodes — ours, and only ours
             os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=3)
+            proc.wait(timeout=0.5)
         except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass  # `ray start --block` often outlives SIGTERM by >10 s here: not worth waiting for
+            pass  # `ray start --block` often outlives SIGTERM by >10 s here (3 s waits never sufficed): not worth waiting for
         try:  # whatever of it is still up
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:

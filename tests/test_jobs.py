@@ -5,7 +5,6 @@ its logs and result files are read back. Only the head this test started is stop
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -14,15 +13,28 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="module")
+def job_head(tmp_path_factory):
+    """One head for this module's job tests (each job has its own run folder): one start-up, not two."""
+    from conftest import _head
+
+    with _head(tmp_path_factory.mktemp("head")) as (address, url, env, _):
+        yield address, url, env
+
+
+def _token(head_env: dict) -> str:
+    """The token the test head was started with."""
+    return Path(head_env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+
+
 @pytest.mark.slow
-def test_train_job_submitted_to_a_local_head(ray_head, tmp_path):
+def test_train_job_submitted_to_a_local_head(job_head, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    _, url, _ = ray_head
+    _, url, env = job_head
     # The head runs with token auth; this process imported Ray before it started, so Ray's own auth mode
-    # is already fixed here: send the token the head wrote (what RAY_AUTH_MODE=token makes the CLI do).
-    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
-    client = JobSubmissionClient(url, headers={"authorization": f"Bearer {token_file.read_text().strip()}"})
+    # is already fixed here: send the head's token (what RAY_AUTH_MODE=token makes the CLI do).
+    client = JobSubmissionClient(url, headers={"authorization": f"Bearer {_token(env)}"})
     out = tmp_path / "job-runs"
     entrypoint = (f"python -m raytrain train experiments/digits-cnn.yaml --set train.epochs=2 "
                   f"--set parallel.workers=1 --set train.batch_size=64 --set output={out}")
@@ -48,15 +60,14 @@ def test_train_job_submitted_to_a_local_head(ray_head, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(480)
-def test_three_concurrent_search_jobs_do_not_interfere(ray_head, tmp_path):
+def test_three_concurrent_search_jobs_do_not_interfere(job_head, tmp_path):
     """Load: 3 searches submitted at once to one 2-CPU head all finish every trial, each in its own run
     folder (their trials queue for CPUs; none fails for want of one)."""
     import yaml
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    _, url, _ = ray_head
-    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
-    client = JobSubmissionClient(url, headers={"authorization": f"Bearer {token_file.read_text().strip()}"})
+    _, url, env = job_head
+    client = JobSubmissionClient(url, headers={"authorization": f"Bearer {_token(env)}"})
     jobs = {}
     for k in range(3):
         spec = {"name": f"load{k}", "seed": k, "data": {"dataset": "digits"}, "model": {"name": "mlp", "width": 0.5},
@@ -71,7 +82,7 @@ def test_three_concurrent_search_jobs_do_not_interfere(ray_head, tmp_path):
     deadline = time.monotonic() + 420
     final = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
     while time.monotonic() < deadline and not all(client.get_job_status(j) in final for j in jobs.values()):
-        time.sleep(3)
+        time.sleep(1)
     statuses = {k: client.get_job_status(j) for k, j in jobs.items()}
     for k, j in jobs.items():
         if statuses[k] not in final:

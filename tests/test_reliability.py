@@ -77,13 +77,19 @@ def test_torn_latest_checkpoint_falls_back_with_a_warning(tmp_path):
     assert used == old and state["epoch"] == 0
 
 
-def test_resume_skips_a_corrupt_latest_checkpoint(ray_local, exp_dict):
+def test_resume_continues_then_skips_a_corrupt_latest_checkpoint(ray_local, exp_dict):
+    """One run, resumed twice: a clean resume continues at the next epoch with the clock carried over;
+    after the latest checkpoint is torn, the next resume falls back to the one before it."""
     first = trainer.run(make_exp(exp_dict, train__epochs=2))
-    latest = Path(first["checkpoint"])
-    (latest / ckpt.STATE_FILE).write_bytes(b"\x00garbage")  # a torn / tampered latest checkpoint
-    second = trainer.run(make_exp(exp_dict, train__epochs=3), resume=Path(first["run_dir"]))
-    assert second["status"] == "completed", second
-    assert _epochs(first["run_dir"]) == [1, 2, 2, 3]  # resumed from epoch 1's checkpoint, epoch 2 redone
+    run_dir = Path(first["run_dir"])
+    second = trainer.run(make_exp(exp_dict, train__epochs=3), resume=run_dir)
+    assert second["run_dir"] == first["run_dir"] and second["status"] == "completed", second
+    assert _epochs(run_dir) == [1, 2, 3]
+    assert second["final"]["elapsed_s"] > first["final"]["elapsed_s"]  # clock carried over
+    (Path(second["checkpoint"]) / ckpt.STATE_FILE).write_bytes(b"\x00garbage")  # a torn / tampered latest checkpoint
+    third = trainer.run(make_exp(exp_dict, train__epochs=4), resume=run_dir)
+    assert third["status"] == "completed", third
+    assert _epochs(run_dir) == [1, 2, 3, 3, 4]  # resumed from epoch 2's checkpoint, epoch 3 redone
 
 
 @pytest.mark.parametrize("patch,msg", [

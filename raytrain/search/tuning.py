@@ -37,8 +37,9 @@ def run_trial(config: dict, raw: dict, search_json: str, source: str) -> None:
     """One trial: build its experiment, train it on Ray Train, report every epoch to Tune."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from raytrain import trainer
+    from raytrain import runtime, trainer
 
+    runtime.bound_ray_train_waits()  # on a cluster at RAY_ADDRESS the trial process did not inherit them
     spec = SearchSpec(raw, SearchConfig.model_validate_json(search_json), source)
     try:
         exp = spec.trial_experiment(config)
