@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -49,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     launch = time.time()
+    # User models ("package.module:function") import from the launch directory, as under `python -m raytrain`
+    # (the console script's sys.path lacks it); workers get it through PYTHONPATH (raytrain.runtime).
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -94,8 +99,6 @@ def _dispatch(args, launch: float) -> int:
 
 
 def _clusters(args) -> int:
-    import os
-
     if args.clusters_verb == "fit":
         from raytrain.clusters.fit import fit
 

@@ -40,7 +40,8 @@ def ray_session(num_cpus: int | None = None):
         yield False
         return
     # Workers import user models ("package.module:function") from the launch directory.
-    path = os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)
+    before = os.environ.get("PYTHONPATH")
+    path = os.pathsep.join(p for p in [os.getcwd(), before or ""] if p)
     global _dashboard
     if os.environ.get("RAY_ADDRESS"):
         runtime_env = {"env_vars": {"PYTHONPATH": path, "RAY_DATA_LOG_LEVEL": os.environ["RAY_DATA_LOG_LEVEL"]}}
@@ -62,6 +63,10 @@ def ray_session(num_cpus: int | None = None):
         signal.signal(signal.SIGTERM, previous)
         if started:
             ray.shutdown()
+            if before is None:  # this process's own environment as it was
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = before
 
 
 def _terminate(signum, frame):

@@ -53,16 +53,34 @@ def test_ddp_two_workers_equal_one_worker_after_one_step(ray_local, exp_dict, tm
     assert abs(losses[0] - losses[1]) < 1e-5, losses
 
 
-def test_user_parquet_with_other_column_names_trains(ray_local, exp_dict, tmp_path):
+def test_user_project_parquet_and_model_from_the_launch_directory(tmp_path):
+    """A user's own directory: their Parquet (other column names) and their model module beside it, trained
+    with the installed `raytrain` console script on an embedded Ray; the driver and both workers import
+    the model from the launch directory."""
+    import subprocess
+    import sys
+
+    import yaml
     from sklearn.datasets import load_digits
 
     d = load_digits()
     table = pa.table({"pixels": pa.array((d.data / 16).tolist(), pa.list_(pa.float32())), "target": pa.array(d.target)})
     pq.write_table(table, tmp_path / "digits.parquet")
-    exp = make_exp(exp_dict, data={"dataset": "parquet", "path": str(tmp_path / "digits.parquet"), "features": "pixels",
-                               "label": "target", "shape": [1, 8, 8]}, model__name="cnn", train__epochs=3)
-    s = trainer.run(exp)
-    assert s["status"] == "completed" and s["final"]["val_accuracy"] > 0.7, s
+    (tmp_path / "my_models.py").write_text(
+        "from torch import nn\n\n\ndef small(in_shape, num_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, num_classes))\n")
+    exp = {"name": "mine", "seed": 0, "data": {"dataset": "parquet", "path": "digits.parquet", "features": "pixels",
+                                               "label": "target", "shape": [1, 8, 8]},
+           "model": {"name": "my_models:small"}, "output": "runs", "parallel": {"workers": 2},
+           "train": {"epochs": 3, "batch_size": 64, "precision": "fp32", "optimizer": {"name": "sgd", "lr": 0.1}}}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
+    cli = Path(sys.executable).parent / "raytrain"
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("RAY_ADDRESS", "PYTHONPATH")}
+    proc = subprocess.run([str(cli), "train", "exp.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(next(tmp_path.glob("runs/mine/*/result.json")).read_text())
+    assert result["status"] == "completed" and result["final"]["val_accuracy"] > 0.7, result["final"]
 
 
 @pytest.mark.parametrize("patch,msg", [
