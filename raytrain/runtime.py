@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import ray
 
@@ -34,39 +34,46 @@ def ray_session(num_cpus: int | None = None):
     """Use the running Ray (tests, Tune trials), the cluster at RAY_ADDRESS, or start an embedded one.
 
     Only an embedded Ray we started is shut down on exit. Its dashboard binds to 127.0.0.1.
+    Workers import user models ("package.module:function") from the launch directory.
     """
     bound_ray_train_waits()
     if ray.is_initialized():
         yield False
         return
-    # Workers import user models ("package.module:function") from the launch directory.
-    before = os.environ.get("PYTHONPATH")
-    path = os.pathsep.join(p for p in [os.getcwd(), before or ""] if p)
     global _dashboard
-    if os.environ.get("RAY_ADDRESS"):
-        runtime_env = {"env_vars": {"PYTHONPATH": path, "RAY_DATA_LOG_LEVEL": os.environ["RAY_DATA_LOG_LEVEL"]}}
-        ctx = ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=True)
-        started = False
-    else:
-        # An embedded Ray's processes inherit this environment, so no job runtime_env is needed: with one,
-        # no task could use the workers Ray pre-starts (their env differs) and each paid a fresh process.
-        os.environ["PYTHONPATH"] = path
-        # address="local": a new embedded Ray, never a `ray start` cluster that happens to be running here.
-        ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                       configure_logging=True, logging_level="WARNING")
-        started = True
-    _dashboard = getattr(ctx, "dashboard_url", None)
-    previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM = Ctrl-C: the same clean shutdown
-    try:
-        yield started
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    started = not os.environ.get("RAY_ADDRESS")
+    with ExitStack() as undo:  # unwound in reverse: SIGTERM handler, Ray, PYTHONPATH
         if started:
-            ray.shutdown()
-            if before is None:  # this process's own environment as it was
-                os.environ.pop("PYTHONPATH", None)
-            else:
-                os.environ["PYTHONPATH"] = before
+            # An embedded Ray's processes inherit this environment, so no job runtime_env is needed: with one,
+            # no task could use the workers Ray pre-starts (their env differs) and each paid a fresh process.
+            undo.enter_context(pythonpath_first(os.getcwd()))
+            # address="local": a new embedded Ray, never a `ray start` cluster that happens to be running here.
+            ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                           configure_logging=True, logging_level="WARNING")
+            undo.callback(ray.shutdown)
+        else:
+            path = os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)
+            runtime_env = {"env_vars": {"PYTHONPATH": path, "RAY_DATA_LOG_LEVEL": os.environ["RAY_DATA_LOG_LEVEL"]}}
+            ctx = ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=True)
+        _dashboard = getattr(ctx, "dashboard_url", None)
+        previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM = Ctrl-C: the same clean shutdown
+        undo.callback(signal.signal, signal.SIGTERM, previous)
+        yield started
+
+
+@contextmanager
+def pythonpath_first(*paths: str):
+    """`paths` first on this process's PYTHONPATH while inside (an embedded Ray's processes inherit it);
+    the variable as it was afterwards."""
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [*paths, before] if p)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = before
 
 
 def _terminate(signum, frame):

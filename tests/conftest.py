@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from raytrain.runtime import bound_ray_train_waits
+from raytrain.runtime import bound_ray_train_waits, pythonpath_first
 
 bound_ray_train_waits()  # the same env the CLI sets, before any Ray process starts
 
@@ -24,15 +24,11 @@ def ray_local():
     repo = str(Path(__file__).resolve().parents[1])
     # As raytrain.runtime does for an embedded Ray: its processes inherit this environment (a job
     # runtime_env would keep tasks off the workers Ray pre-starts).
-    before = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [repo, str(Path(__file__).parent), before] if p)
-    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
-    yield ray
-    ray.shutdown()
-    if before is None:
-        os.environ.pop("PYTHONPATH", None)
-    else:
-        os.environ["PYTHONPATH"] = before
+    with pythonpath_first(repo, str(Path(__file__).parent)):
+        ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+                 logging_level="WARNING")
+        yield ray
+        ray.shutdown()
 
 
 @pytest.fixture
@@ -93,10 +89,9 @@ def _head(tmp_path: Path, extra_args: tuple = (), extra_env: dict | None = None,
     import shutil
     import signal
     import subprocess
+    import secrets
     import sys
     import time
-
-    import secrets
 
     ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
     port, dash = port or free_port(), free_port()

@@ -4,6 +4,9 @@ that must come before Ray waits for anything. (Resume: tests/test_reliability.py
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from conftest import make_exp, metric_rows
 from raytrain import trainer
@@ -57,10 +61,6 @@ def test_user_project_parquet_and_model_from_the_launch_directory(tmp_path):
     """A user's own directory: their Parquet (other column names) and their model module beside it, trained
     with the installed `raytrain` console script on an embedded Ray; the driver and both workers import
     the model from the launch directory."""
-    import subprocess
-    import sys
-
-    import yaml
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -75,7 +75,7 @@ def test_user_project_parquet_and_model_from_the_launch_directory(tmp_path):
            "train": {"epochs": 3, "batch_size": 64, "precision": "fp32", "optimizer": {"name": "sgd", "lr": 0.1}}}
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
     cli = Path(sys.executable).parent / "raytrain"
-    env = {k: v for k, v in __import__("os").environ.items() if k not in ("RAY_ADDRESS", "PYTHONPATH")}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PYTHONPATH")}
     proc = subprocess.run([str(cli), "train", "exp.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
