@@ -1,3 +1,29 @@
-"""raytrain: train deep-learning models faster on Ray (Train for parallelism, Tune for search)."""
+"""raytrain: train deep-learning models faster on Ray (Ray Train for parallelism, Ray Tune for search).
 
-__version__ = "0.1.0"
+    import raytrain
+    exp = raytrain.load_experiment("experiments/digits-cnn.yaml", ["train.epochs=2"])
+    result = raytrain.train(exp)                     # -> RunResult: run_dir, status, metrics, checkpoint
+    raytrain.train(exp, model=my_factory, datasets={"train": ds, "val": ds})   # your nn.Module, your Ray Data
+    found = raytrain.search("search/digits-quick.yaml")   # -> SearchResult: ranked trials, best_yaml, report
+    raytrain.export(result.run_dir)                  # newest checkpoint as one plain state_dict
+
+Names load on first use, so `import raytrain` stays cheap (no torch or Ray until you train).
+"""
+
+__version__ = "0.2.0"
+
+_API = ("Experiment", "RunResult", "SearchResult", "UserError", "check_cluster", "export", "fit",
+        "load_experiment", "search", "train", "validate")
+__all__ = list(_API)
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from raytrain import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'raytrain' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_API))

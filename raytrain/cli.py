@@ -1,13 +1,16 @@
-"""`raytrain` command line: parse -> build -> run -> summarise. The only layer that knows every other one."""
+"""`raytrain` command line: a thin layer over `raytrain.api` (parse -> call -> print). Bad input is one
+line on stderr and exit code 2."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 from pathlib import Path
 
+from raytrain import _ray_compat
 from raytrain.errors import EXIT_USER_ERROR, UserError
 
 
@@ -15,24 +18,24 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="raytrain", description="Train models faster on Ray.")
     sub = p.add_subparsers(dest="verb", required=True)
 
-    def experiment_verb(name: str, help_text: str) -> argparse.ArgumentParser:
+    def experiment_verb(name: str, help_text: str, metavar: str = "EXPERIMENT") -> argparse.ArgumentParser:
         v = sub.add_parser(name, help=help_text)
-        v.add_argument("experiment", help="experiment YAML")
+        v.add_argument("experiment", metavar=metavar, help="experiment YAML" if metavar == "EXPERIMENT" else
+                       "search spec YAML (an experiment + a search: block)")
         v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                        help="override one key (repeatable), validated like the file")
         return v
 
-    t = experiment_verb("train", "train one experiment on Ray Train")
-    t.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its latest checkpoint")
-    experiment_verb("validate", "check an experiment YAML without running it")
-    sr = sub.add_parser("search", help="Ray Tune search (ASHA) over a spec: an experiment YAML + a search: block")
-    sr.add_argument("experiment", metavar="SPEC", help="search spec YAML (see search/)")
-    sr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-                    help="override one key of the spec (repeatable)")
-    sr.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted search (Tuner.restore)")
+    t = experiment_verb("train", "train one experiment (in this process for one worker, else on Ray Train)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run (path or URI) from its newest readable checkpoint")
+    t.add_argument("--summary-json", metavar="FILE", help="also write the run's summary (result.json) to FILE")
+    experiment_verb("validate", "check an experiment YAML, its data and model, without running it")
+    sr = experiment_verb("search", "Ray Tune search (ASHA) over a spec", metavar="SPEC")
+    sr.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted search (path or URI)")
+    sr.add_argument("--summary-json", metavar="FILE", help="also write the search's summary (search.json) to FILE")
     ex = sub.add_parser("export", help="write a run's newest checkpoint as one full-model state_dict")
-    ex.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    ex.add_argument("--out", type=Path, help="output file (default RUN_DIR/model.pt; never overwritten)")
+    ex.add_argument("run_dir", metavar="RUN_DIR", help="run folder (path or URI)")
+    ex.add_argument("--out", help="output file or URI (default RUN_DIR/model.pt; never overwritten)")
     cl = sub.add_parser("clusters", help="check cluster YAMLs, or see where a run's workers would land")
     cv = cl.add_subparsers(dest="clusters_verb", required=True)
     ck = cv.add_parser("check", help="Ray's launcher validator / KubeRay fields and CRDs, plus security lints")
@@ -43,8 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     cf = cv.add_parser("fit", help="which node pool each worker lands on, and how many trials run at once")
     cf.add_argument("spec", type=Path, metavar="SPEC", help="search spec or experiment YAML")
     cf.add_argument("cluster", type=Path, metavar="CLUSTER", help="cluster-launcher YAML or KubeRay manifest")
-    rp = sub.add_parser("report", help="write report.html (learning curves, rungs, Pareto) for a search run")
-    rp.add_argument("run_dir", type=Path)
+    rp = sub.add_parser("report", help="write report.html (fastest config first, curves, Pareto) for a search")
+    rp.add_argument("run_dir", metavar="RUN_DIR", help="search folder (path or URI)")
     return p
 
 
@@ -54,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     # (the console script's sys.path lacks it); workers get it through PYTHONPATH (raytrain.runtime).
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
+    _ray_compat.set_env_defaults()  # before ray.data is imported: its logging reads the env at import
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -70,99 +74,81 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args, launch: float) -> int:
+    from raytrain import api
+
     if args.verb == "report":
-        from raytrain.search.report import write_report
+        from raytrain.tuner.report import write_report
 
         print(f"report: {write_report(args.run_dir)}")
         return 0
     if args.verb == "search":
-        return _search(args)
+        result = api.search(args.experiment, overrides=args.overrides, resume=args.resume)
+        _print_search(result)
+        _dump(args.summary_json, result.summary)
+        return 0
     if args.verb == "clusters":
         return _clusters(args)
     if args.verb == "export":
-        from raytrain.export import export
+        from raytrain.modelfile import export
 
         out, source, n = export(args.run_dir, args.out)
         print(f"export: {out} ({n:,} parameters, from {source})")
         return 0
-    from raytrain.config import load_experiment
-
-    exp = load_experiment(args.experiment, args.overrides)
+    exp = api.load_experiment(args.experiment, args.overrides)
     if args.verb == "validate":
-        from raytrain.trainer import preflight
-
-        prep = preflight(exp)
-        print(f"{args.experiment}: ok ({exp.name}: {exp.model.name} on {exp.data.dataset}, "
-              f"{prep.info.n_train} train examples, shape {prep.info.in_shape}, {prep.info.num_classes} classes)")
+        info = api.validate(exp)
+        print(f"{args.experiment}: ok ({exp.name}: {exp.model.name} on {exp.data.dataset}, {info.n_train} train "
+              f"examples, shape {info.in_shape}, {info.num_classes} classes, ingest {info.ingest})")
         return 0
-    return _train(exp, args.resume, launch)
+    result = api.train(exp, resume=args.resume, launch=launch)
+    _print_summary(result.summary)
+    _dump(args.summary_json, result.summary)
+    return 0 if result.status != "failed" else 1
+
+
+def _dump(path, summary: dict) -> None:
+    if path:
+        Path(path).write_text(json.dumps(summary, indent=2, default=str))
 
 
 def _clusters(args) -> int:
-    if args.clusters_verb == "fit":
-        from raytrain.clusters.fit import fit
+    from raytrain import api
 
-        ok, lines = fit(args.spec, args.cluster)
+    if args.clusters_verb == "fit":
+        ok, lines = api.fit(args.spec, args.cluster)
         print("\n".join(lines))
         return 0 if ok else EXIT_USER_ERROR
-    from raytrain.clusters.check import check_file
-
     crds = args.crds or (Path(os.environ["RAYTRAIN_KUBERAY_CRDS"]) if os.environ.get("RAYTRAIN_KUBERAY_CRDS") else None)
-    problems = [p for f in args.files for p in check_file(f, crds)]
+    problems = [p for f in args.files for p in api.check_cluster(f, crds)]
     for p in problems:
         print(p, file=sys.stderr)
     strict = "" if crds else " (KubeRay manifests: fields only; pass --crds for the strict schema)"
+    warnings = [w for f in args.files for w in _cluster_warnings(f)]
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
     if not problems:
         print(f"{len(args.files)} file(s) ok{strict}")
     return EXIT_USER_ERROR if problems else 0
 
 
-def _train(exp, resume, launch: float) -> int:
-    from raytrain import runtime
+def _cluster_warnings(path: Path) -> list[str]:
+    from raytrain.clusters.check import warnings_for
 
-    runtime.bound_ray_train_waits()  # before ray.data is imported: its logging reads the env at import
-    # Importing torch, Ray Train and Ray Data (~2 s) and checking the data and model (a cold data cache:
-    # ~1 s) need no cluster, and ray.init spends ~3 s mostly waiting for the processes it starts: do
-    # them side by side, so the first step comes that much sooner. Bad input still ends in one line.
-    ready = runtime.in_background(_prepare_training, exp)
-    with runtime.ray_session():
-        trainer, prepared = ready.result()
-        url = runtime.dashboard_url()
-        if url:
-            print(f"[raytrain] Ray dashboard: {url}", flush=True)
-        summary = trainer.run(exp, resume, launch, prepared=prepared)
-    _print_summary(summary)
-    return 0 if summary["status"] != "failed" else 1
+    return warnings_for(path)
 
 
-def _prepare_training(exp):
-    from raytrain import trainer
+def _print_search(result) -> None:
+    from raytrain.tuner import driver
 
-    return trainer, trainer.preflight(exp)
-
-
-def _search(args) -> int:
-    from raytrain import runtime
-    from raytrain.search.spec import load_spec
-
-    spec = load_spec(args.experiment, args.overrides)  # every bad key or value fails here, before Ray
-    runtime.bound_ray_train_waits()
-    from raytrain.search import driver
-    from raytrain.search.report import write_report
-
-    with runtime.ray_session():
-        url = runtime.dashboard_url()
-        if url:
-            print(f"[raytrain] Ray dashboard: {url}", flush=True)
-        summary = driver.run(spec, args.resume)
+    s = result.summary
     print("\n== raytrain search ==")
-    print(driver.table(summary))
-    print(f"\n{len(summary['trials'])} trials, {summary['trial_epochs']} trial-epochs, {summary['wall_s']:.0f} s")
-    print(f"results     {summary['run_dir']}/search.json  (TensorBoard: tensorboard --logdir {summary['run_dir']}/tune)")
-    if summary.get("best_yaml"):
-        print(f"best        {summary['best_yaml']}  (raytrain train {summary['best_yaml']})")
-    print(f"report      {write_report(Path(summary['run_dir']))}")
-    return 0
+    print(driver.table(s))
+    print(f"\n{len(s['trials'])} trials, {s['trial_epochs']} trial-epochs, {s['wall_s']:.0f} s"
+          + (f" (budget: {s['budget_note']})" if s.get("budget_note") else ""))
+    print(f"results     {s['run_dir']}/search.json  (TensorBoard: tensorboard --logdir {s['run_dir']}/tune)")
+    if result.best_yaml:
+        print(f"best        {result.best_yaml}  (raytrain train {result.best_yaml})")
+    print(f"report      {result.report}")
 
 
 def _print_summary(s: dict) -> None:
@@ -179,7 +165,7 @@ def _print_summary(s: dict) -> None:
         stages = f" (per stage: {', '.join(f'{n:,}' for n in m['stage_params'])})" if m.get("stage_params") else ""
         print(f"model       {m['params_nonzero']:,}/{m['params_total']:,} non-zero params{flops}{stages}")
     startup = f" (first step {s['first_step_s']:.1f} s after launch)" if s.get("first_step_s") else ""
-    print(f"wall time   {s['wall_s']:.1f} s{startup}")
+    print(f"wall time   {s['wall_s']:.1f} s{startup}, {s['mode']}, data {s['ingest']}")
     if s.get("startup"):
         print("start-up    " + ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in s["startup"].items()))
     print(f"checkpoint  {s['checkpoint']}")

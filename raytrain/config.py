@@ -1,20 +1,16 @@
 """The experiment YAML: typed, validated, the public contract.
 
-Every key has a docstring (pydantic reads attribute docstrings into the schema); unknown
-keys and wrong types are rejected. Cross-field rules that need more than one key live in
-`Experiment._check`. Dotted `--set` overrides are applied to the raw mapping before
-validation, so they are validated exactly like the file.
+Every key has a docstring (pydantic reads attribute docstrings into the schema, and the README's
+reference table is generated from it); unknown keys and wrong types are rejected. Cross-field rules
+that need more than one key live in `Experiment._check`. Reading files and `--set` overrides:
+`raytrain.configio`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Literal, Optional, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from raytrain.errors import UserError, format_validation_error
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Strict(BaseModel):
@@ -23,28 +19,44 @@ class Strict(BaseModel):
 
 class DataConfig(Strict):
     dataset: Literal["digits", "mnist", "parquet"] = "digits"
-    """digits: sklearn's bundled 8x8 digits (offline). mnist: IDX files in `path` (downloaded when
+    """digits: sklearn's bundled 8x8 digits (offline). mnist: the standard IDX files (downloaded when
     missing). parquet: a user Parquet file or directory at `path`."""
     path: Optional[str] = None
-    """Data directory (mnist) or Parquet file/directory (parquet)."""
+    """mnist: the IDX folder (default `$RAYTRAIN_DATA/mnist`, else `~/.cache/raytrain/mnist`). parquet: a
+    file, folder or URI (`s3://`, `gs://`, any pyarrow/fsspec filesystem)."""
     features: str = "image"
-    """Parquet: feature column (fixed-shape arrays or flat lists of numbers)."""
+    """Parquet: feature column (fixed-shape arrays or lists of numbers)."""
     label: str = "label"
     """Parquet: integer class-label column."""
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
-    """Fraction held out for validation (mnist uses its official test set instead)."""
+    """Fraction held out for validation (mnist uses its official test set; streamed Parquet holds out whole
+    files)."""
+    val_path: Optional[str] = None
+    """Parquet: a separate validation set (file, folder or URI) instead of holding out `val_fraction`."""
     shape: Optional[list[int]] = None
     """Parquet: reshape flat feature lists to this per-example shape, e.g. [1, 28, 28] (default: as stored)."""
+    num_classes: Optional[int] = Field(None, ge=2)
+    """Parquet: number of classes (default: the label column's largest value + 1, from Parquet statistics)."""
     upscale: int = Field(1, ge=1, le=8)
     """digits only: repeat each pixel this many times per side (8x8 -> 32x32 at 4), a heavier benchmark task."""
+    ingest: Literal["auto", "materialize", "stream"] = "auto"
+    """materialize: decode once on the driver, hand workers ready blocks. stream: Ray Data reads and decodes
+    Parquet while training (the driver never holds the table). auto: materialize up to `materialize_max_mb`."""
+    materialize_max_mb: float = Field(2048.0, gt=0.0)
+    """auto: the largest dataset (uncompressed size in its Parquet metadata) that is materialised."""
+    stream_cpus: float = Field(1.0, gt=0.0)
+    """stream: CPUs reserved for Ray Data's read and decode tasks beside the training workers."""
+    device_cache: Union[Literal["auto"], bool] = "auto"
+    """Keep each worker's training shard on its device as stored (uint8 stays uint8) and cut shuffled
+    batches there. auto: on a GPU when the shard fits in a quarter of its free memory; never on a CPU."""
 
 
 class ModelConfig(Strict):
     name: str = "cnn"
     """cnn | mlp | resnet | mobilenet | vit, or "package.module:function" returning an nn.Module given
-    (in_shape, num_classes)."""
+    (in_shape, num_classes), imported from the launch directory (or PYTHONPATH) on the driver and workers."""
     width: float = Field(1.0, gt=0.0, le=8.0)
-    """Channel/hidden-size multiplier."""
+    """Channel/hidden-size multiplier (channels rounded to multiples of 8)."""
     dropout: Optional[float] = Field(None, ge=0.0, lt=1.0)
     """cnn only: one dropout rate for both dropout layers (null: the classic example's 0.25 and 0.5)."""
 
@@ -57,7 +69,7 @@ class ModelConfig(Strict):
 
 class OptimizerConfig(Strict):
     name: Literal["sgd", "adamw", "adadelta"] = "sgd"
-    """Optimizer from torch.optim."""
+    """sgd | adamw | adadelta (torch.optim)."""
     lr: float = Field(0.1, gt=0.0)
     """Peak learning rate."""
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
@@ -68,9 +80,9 @@ class OptimizerConfig(Strict):
 
 class ScheduleConfig(Strict):
     name: Literal["constant", "step", "cosine", "onecycle"] = "constant"
-    """LR schedule built from torch.optim.lr_scheduler."""
+    """constant | step | cosine | onecycle, from torch.optim.lr_scheduler, stepped per batch."""
     warmup_epochs: float = Field(0.0, ge=0.0)
-    """Linear warmup from `warmup_start_factor`*lr (constant/step/cosine; onecycle has its own ramp)."""
+    """Linear warmup (LinearLR + SequentialLR); must be shorter than training (onecycle has its own ramp)."""
     warmup_start_factor: float = Field(0.1, gt=0.0, le=1.0)
     """Warmup starts at this fraction of lr."""
     step_size: int = Field(1, ge=1)
@@ -98,34 +110,38 @@ class EarlyStoppingConfig(Strict):
 
 class TrainConfig(Strict):
     epochs: int = Field(5, ge=1)
-    """Number of passes over the training set."""
+    """Passes over the training set."""
     batch_size: int = Field(128, ge=1)
-    """Global batch, split evenly across data-parallel workers."""
+    """Global batch, split evenly across data-parallel workers (must divide)."""
     optimizer: OptimizerConfig = OptimizerConfig()
     """Optimizer settings."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """auto picks bf16 where the device supports it natively, fp16+GradScaler on older GPUs, else fp32."""
+    """auto: bf16 where the device has native bf16, fp16+GradScaler on older GPUs, else fp32. fp16 on a CPU
+    worker is refused (2-24x slower). The run records what it used."""
     channels_last: Union[Literal["auto"], bool] = "auto"
-    """Memory format for conv nets (auto: on for models with 2-D convolutions)."""
+    """NHWC memory format (auto: on for models with 2-D convolutions)."""
     compile: bool = False
-    """torch.compile the model (off by default: compile time dominates short runs)."""
+    """torch.compile the (DDP) model (off by default: compile time dominates short runs)."""
     keep_freed_memory: bool = True
     """Keep freed memory mapped (glibc mallopt) so steps stop re-faulting their buffers' pages."""
     schedule: ScheduleConfig = ScheduleConfig()
     """Learning-rate schedule."""
     early_stopping: Optional[EarlyStoppingConfig] = None
-    """Stop on a plateau or once a target is reached (null: never)."""
+    """`{metric, mode, patience, min_delta, target}`: stop on a plateau or once `target` is reached
+    (time-to-target is recorded); null: never."""
     max_grad_norm: Optional[float] = Field(None, gt=0.0)
     """Clip gradients to this global norm (null: no clipping)."""
 
 
 class PruningConfig(Strict):
     method: Literal["none", "magnitude", "structured"] = "none"
-    """magnitude: global unstructured L1 (torch.nn.utils.prune); structured: removes channels (torch-pruning)."""
+    """magnitude: global unstructured L1 (torch.nn.utils.prune, masks kept through training, made permanent
+    at the end). structured: removes channels (torch-pruning; the model really gets smaller)."""
     ratio: float = Field(0.0, ge=0.0, lt=1.0)
     """Fraction of weights (magnitude) or channels (structured) removed."""
     schedule: Literal["oneshot", "gradual"] = "oneshot"
-    """oneshot: prune once at `start_epoch`; gradual: reach `ratio` over start_epoch..end_epoch."""
+    """oneshot: prune once at `start_epoch`; gradual: reach `ratio` over start_epoch..end_epoch (cubic for
+    magnitude, linear steps for structured)."""
     start_epoch: int = Field(0, ge=0)
     """Epoch (0-based) at whose start pruning begins."""
     end_epoch: Optional[int] = Field(None, ge=0)
@@ -134,28 +150,45 @@ class PruningConfig(Strict):
 
 class PipelineConfig(Strict):
     stages: int = Field(1, ge=1)
-    """Pipeline stages (ranks per pipeline group); 1 = plain data parallelism. DP degree = workers / stages."""
+    """Pipeline stages per group; 1 = plain data parallelism. DP degree = workers / stages."""
     microbatches: int = Field(4, ge=1)
-    """Micro-batches per step in each pipeline group; the bubble is (stages-1)/(microbatches+stages-1)."""
+    """Micro-batches per step per group; the bubble is (stages-1)/(microbatches+stages-1)."""
     schedule: Literal["gpipe", "1f1b", "interleaved_1f1b"] = "1f1b"
-    """gpipe: all forwards then all backwards; 1f1b: bounded in-flight activations; interleaved_1f1b: two
-    virtual stages per rank (smaller bubble, more messages)."""
+    """gpipe | 1f1b | interleaved_1f1b (two virtual stages per rank: smaller bubble, more messages)."""
     split: Union[Literal["auto"], list[str]] = "auto"
     """auto balances parameter counts over the model's top-level blocks; or the block names where stages
     2..K (2..2K for interleaved) begin."""
 
 
-class ParallelConfig(Strict):
+class WorkerResources(Strict):
+    """What each worker reserves; `bundle()` is the one place the resource dict is built."""
     workers: int = Field(2, ge=1)
-    """Ray Train workers (= data-parallel degree x pipeline stages)."""
+    """Workers (Ray Train workers, or one process for a single in-process worker)."""
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    """CPUs reserved per worker; torch intra-op threads are set to max(1, floor(cpus))."""
     use_gpu: bool = False
-    """One GPU per worker, nccl backend; gloo on CPU."""
-    cpus_per_worker: int = Field(1, ge=1)
-    """CPUs reserved per worker; torch intra-op threads are set to this."""
+    """One GPU (or `gpus_per_worker` of one) per worker; nccl backend, gloo on CPU."""
+    gpus_per_worker: float = Field(1.0, gt=0.0)
+    """With use_gpu: a fraction packs several single-rank workers (trials, one-worker runs) on one GPU."""
     worker_resources: dict[str, float] = Field(default_factory=dict)
     """Extra Ray resources per worker, e.g. {pool_gpu_8x: 1} to pin workers to a node pool of clusters/."""
+
+    def bundle(self) -> dict[str, float]:
+        """The Ray resource request of one worker."""
+        gpu = {"GPU": float(self.gpus_per_worker)} if self.use_gpu else {}
+        return {"CPU": float(self.cpus_per_worker), **gpu, **self.worker_resources}
+
+    @property
+    def torch_threads(self) -> int:
+        return max(1, int(self.cpus_per_worker))
+
+
+class ParallelConfig(WorkerResources):
     max_failures: int = Field(2, ge=0)
-    """Worker-group failures survived by restarting from the latest checkpoint."""
+    """Failures survived by restarting from the latest checkpoint (worker group or in-process loop)."""
+    isolate: bool = False
+    """Run even a single worker in a Ray Train worker group (Ray's restarts, its own process) instead of
+    in the calling process."""
     pipeline: PipelineConfig = PipelineConfig()
     """Pipeline-sharded model parallelism (torch.distributed.pipelining), combinable with data parallelism."""
 
@@ -167,7 +200,7 @@ class ParallelConfig(Strict):
 
 class CheckpointConfig(Strict):
     every_epochs: int = Field(1, ge=1)
-    """Checkpoint every N epochs (and at the last epoch)."""
+    """Checkpoint every N epochs (and at the last)."""
     keep: int = Field(2, ge=1)
     """Newest checkpoints kept."""
 
@@ -184,7 +217,9 @@ class Experiment(Strict):
     parallel: ParallelConfig = ParallelConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     output: str = "runs"
-    """Root directory of runs; a run never overwrites another."""
+    """Root of runs: a local path or a URI (`s3://bucket/prefix`, `gs://...`); a run never overwrites another."""
+    output_shared: bool = False
+    """Declare a local `output` path mounted by every node (NFS), so multi-node clusters accept it."""
 
     @model_validator(mode="after")
     def _check(self) -> "Experiment":
@@ -198,6 +233,11 @@ class Experiment(Strict):
                 f"train.schedule.warmup_epochs {t.schedule.warmup_epochs} must be shorter than train.epochs {t.epochs}")
         if t.precision == "fp16" and not par.use_gpu:
             raise ValueError("train.precision fp16 on a CPU worker is 2-24x slower than fp32; use bf16 (or auto)")
+        if par.use_gpu and par.gpus_per_worker < 1 and par.workers > 1:
+            raise ValueError(f"parallel.gpus_per_worker {par.gpus_per_worker:g} with {par.workers} workers: NCCL cannot "
+                             "put two ranks of one group on one GPU; use whole GPUs (fractions pack trials or one worker)")
+        if par.use_gpu and par.gpus_per_worker > 1 and not float(par.gpus_per_worker).is_integer():
+            raise ValueError(f"parallel.gpus_per_worker {par.gpus_per_worker:g}: above 1 it must be a whole number")
         if self.data.dataset == "parquet" and not self.data.path:
             raise ValueError("data.path is required for dataset parquet")
         if p.method != "none":
@@ -246,72 +286,6 @@ def _check_pipeline(exp: "Experiment") -> None:
         raise ValueError("train.compile is not supported with parallel.pipeline")
     if t.channels_last is True:
         raise ValueError("train.channels_last true is not supported with parallel.pipeline (use auto: off)")
-
-
-# --------------------------------------------------------------------------- loading
-
-def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}:{where} not valid YAML ({getattr(e, 'problem', e)})") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: top level must be a mapping of keys")
-    return raw
-
-
-def set_dotted(raw: dict, key: str, value: Any, origin: str | None = None) -> dict:
-    """Set `a.b.c` in a nested mapping (creating mappings on the way); `origin` names the culprit in errors."""
-    node = raw
-    parts = key.strip().split(".")
-    for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise UserError(f"{origin or key}: {'.'.join(parts[: i + 1])} is not a mapping")
-        node = child
-    node[parts[-1]] = value
-    return raw
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply `key.path=value` overrides (values parsed as YAML) to a nested mapping, in order."""
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set {item}: expected key.path=value")
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
-            raise UserError(f"--set {item}: value is not valid YAML") from None
-        set_dotted(raw, key, value, origin=f"--set {item}")
-    return raw
-
-
-def validate_experiment(raw: dict, source: str) -> Experiment:
-    try:
-        return Experiment.model_validate(raw)
-    except ValidationError as e:
-        raise UserError(format_validation_error(e, source)) from None
-
-
-def load_experiment(path: str | Path, overrides: list[str] | None = None, extra_keys: tuple = ()) -> Experiment:
-    """Read, override and validate an experiment YAML. `extra_keys` are top-level keys owned by
-    another layer (e.g. `search`) and ignored here."""
-    path = Path(path)
-    raw = _read_yaml(path)
-    raw = {k: v for k, v in raw.items() if k not in extra_keys}
-    source = f"{path}" + (" (with --set)" if overrides else "")
-    return validate_experiment(apply_overrides(raw, list(overrides or [])), source)
-
-
-def to_yaml(exp: Experiment) -> str:
-    return yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False)
-
+    if exp.data.ingest == "stream" and par.dp > 1:
+        raise ValueError("data.ingest stream with parallel.pipeline needs data-parallel degree 1 (pipeline groups "
+                         "share one batch order, which a stream does not repeat); use materialize")

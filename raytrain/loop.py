@@ -1,7 +1,9 @@
 """One epoch of training and of evaluation: plain PyTorch, nothing of Ray.
 
 Batches are dicts {"x": features, "y": labels} from any iterable; sums (not means) come back
-so data-parallel ranks can be reduced exactly.
+so data-parallel ranks can be reduced exactly. Nothing here waits for the GPU per step: sums stay
+on the device, GradScaler skips are read one step late (`SkipWatch`), and time is measured at the
+epoch's edges (with a synchronize) plus the time spent waiting for the next batch.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raytrain.techniques.memory_format import to_input_format
-from raytrain.techniques.precision import autocast
+from raytrain.techniques.precision import SkipWatch, autocast
 
 
 @dataclass
@@ -32,6 +34,10 @@ class StepEnv:
         x = (x * self.scale - self.mean) / self.std
         return to_input_format(x, self.channels_last), batch["y"].to(self.device, non_blocking=True).long()
 
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
 
 @dataclass
 class SchedulerStepper:
@@ -46,19 +52,36 @@ class SchedulerStepper:
             self.taken += 1
 
 
+def timed(batches, clock: list):
+    """Yield from `batches`, adding the seconds spent waiting for each batch to clock[0]."""
+    it = iter(batches)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        clock[0] += time.perf_counter() - t0
+        yield batch
+
+
 def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, stepper: SchedulerStepper,
                 scaler: torch.amp.GradScaler, env: StepEnv, max_grad_norm: float | None = None) -> dict:
-    """Train over `batches`; returns sums (loss_sum, correct, count, steps, skipped_steps, step_seconds)
-    and the wall-clock time the first step finished."""
+    """Train over `batches`; returns sums (loss_sum, correct, count, steps, skipped_steps), the seconds
+    spent waiting for input, and the wall-clock time the first step had finished."""
     model.train()
-    # Sums stay on the device: a .item()/int() per step would make every GPU step wait for the kernel queue.
     loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
     correct = torch.zeros((), dtype=torch.int64, device=env.device)
-    count = steps = skipped = 0
-    step_seconds = 0.0
+    watch = SkipWatch(scaler)
+    count = steps = 0
+    wait = [0.0]
     first_step_at = None
-    for batch in batches:
-        t0 = time.perf_counter()
+
+    def settle_previous() -> None:  # the LR schedule follows only the steps GradScaler did not skip
+        if not watch.resolve():
+            stepper.step()
+
+    for batch in timed(batches, wait):
         x, y = env.inputs(batch)
         with autocast(env.precision, env.device):
             logits = model(x)
@@ -68,22 +91,27 @@ def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, ste
         if max_grad_norm is not None:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-        scale_before = scaler.get_scale() if scaler.is_enabled() else None
+        if watch.enabled and steps:
+            settle_previous()  # step t-1's answer, read while step t is queued
+        before = watch.before_update()
         scaler.step(optimizer)
         scaler.update()
-        if scale_before is not None and scaler.get_scale() < scale_before:
-            skipped += 1  # inf/NaN gradients: GradScaler skipped optimizer.step and lowered the scale
-        else:
+        watch.after_update(before)
+        if not watch.enabled:
             stepper.step()
         n = y.numel()
         loss_sum += loss.detach().double() * n
         correct += (logits.detach().argmax(1) == y).sum()
         count += n
         steps += 1
-        step_seconds += time.perf_counter() - t0
-        first_step_at = first_step_at or time.time()
+        if first_step_at is None:
+            env.synchronize()  # once: the first step's time is when it really finished
+            first_step_at = time.time()
+    if watch.enabled and steps:
+        settle_previous()
+    env.synchronize()
     return {"loss_sum": float(loss_sum), "correct": int(correct), "count": count, "steps": steps,
-            "skipped_steps": skipped, "step_seconds": step_seconds, "first_step_at": first_step_at or time.time()}
+            "skipped_steps": watch.skipped, "wait_seconds": wait[0], "first_step_at": first_step_at or time.time()}
 
 
 @torch.no_grad()

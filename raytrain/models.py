@@ -198,9 +198,22 @@ def build_model(name: str, in_shape, num_classes: int, width: float = 1.0, dropo
     return model
 
 
-def check_model(name: str, in_shape, num_classes: int, width: float = 1.0, dropout: float | None = None) -> nn.Module:
+def model_from(cfg, in_shape, num_classes: int, factory: Callable[..., nn.Module] | None = None) -> nn.Module:
+    """The model of an experiment's `model:` block, or from `factory(in_shape, num_classes)` (Python API)."""
+    if factory is None:
+        return build_model(cfg.name, in_shape, num_classes, cfg.width, cfg.dropout)
+    model = factory(tuple(in_shape), num_classes)
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model=: the factory returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def check_model(name: str, in_shape, num_classes: int, width: float = 1.0, dropout: float | None = None,
+                factory: Callable[..., nn.Module] | None = None) -> nn.Module:
     """Build on the driver and run one example through it, so shape errors surface before Ray starts."""
-    model = build_model(name, in_shape, num_classes, width, dropout)
+    from types import SimpleNamespace
+
+    model = model_from(SimpleNamespace(name=name, width=width, dropout=dropout), in_shape, num_classes, factory)
     try:
         with torch.no_grad():
             out = model.eval()(torch.zeros(2, *in_shape))

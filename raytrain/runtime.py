@@ -4,61 +4,71 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 
 import ray
 
+from raytrain import _ray_compat
 from raytrain.errors import UserError
 
-# Bound every wait Ray Train does on our behalf (its defaults retry the controller forever).
-WORKER_GROUP_START_TIMEOUT_S = "30"
-HEALTH_CHECK_INTERVAL_S = "0.5"
 CONTROLLER_FAILURE_LIMIT = 1
+RESERVE_TIMEOUT_S = 60.0
 _dashboard: str | None = None
 
 
-def bound_ray_train_waits() -> None:
-    """Give worker-group start-up a deadline and quiet per-epoch chatter; set before Ray starts so
-    the controller, workers and Ray Data actors inherit it."""
-    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", WORKER_GROUP_START_TIMEOUT_S)
-    # The controller polls its workers this often (default 2 s): a finished run was noticed up to 2 s late.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
-    # Train V2 re-logs every print() through its structured logger, so worker lines showed twice.
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")  # one "Starting execution..." per epoch per split otherwise
+@contextmanager
+def scoped_env(values: dict):
+    """Set these environment variables (where unset) inside, as they were afterwards."""
+    before = {k: os.environ.get(k) for k in values}
+    for k, v in values.items():
+        os.environ.setdefault(k, v)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def ray_env() -> dict:
+    """What every Ray process of ours must inherit: bounded Ray Train waits, quiet Ray Data."""
+    return {**_ray_compat.TRAIN_ENV, **_ray_compat.DATA_ENV}
 
 
 @contextmanager
-def ray_session(num_cpus: int | None = None):
-    """Use the running Ray (tests, Tune trials), the cluster at RAY_ADDRESS, or start an embedded one.
-
-    Only an embedded Ray we started is shut down on exit. Its dashboard binds to 127.0.0.1.
-    Workers import user models ("package.module:function") from the launch directory.
-    """
-    bound_ray_train_waits()
-    if ray.is_initialized():
-        yield False
-        return
+def ray_session(num_cpus: int | None = None, dashboard: bool = True):
+    """Use the running Ray (a notebook's, tests', a Tune trial's), the cluster at RAY_ADDRESS, or start an
+    embedded one. Only an embedded Ray started here is shut down on exit; the environment variables it
+    needed and PYTHONPATH are put back. Its dashboard binds to 127.0.0.1. Yields "existing", "cluster"
+    or "embedded"."""
     global _dashboard
-    started = not os.environ.get("RAY_ADDRESS")
-    with ExitStack() as undo:  # unwound in reverse: SIGTERM handler, Ray, PYTHONPATH
-        if started:
+    with ExitStack() as undo:  # unwound in reverse: SIGTERM handler, Ray, PYTHONPATH, env
+        undo.enter_context(scoped_env(ray_env()))
+        if ray.is_initialized():
+            yield "existing"
+            return
+        if not os.environ.get("RAY_ADDRESS"):
             # An embedded Ray's processes inherit this environment, so no job runtime_env is needed: with one,
             # no task could use the workers Ray pre-starts (their env differs) and each paid a fresh process.
             undo.enter_context(pythonpath_first(os.getcwd()))
             # address="local": a new embedded Ray, never a `ray start` cluster that happens to be running here.
-            ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+            ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
                            configure_logging=True, logging_level="WARNING")
-            undo.callback(ray.shutdown)
+            kind = "embedded"
         else:
             path = os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)
-            runtime_env = {"env_vars": {"PYTHONPATH": path, "RAY_DATA_LOG_LEVEL": os.environ["RAY_DATA_LOG_LEVEL"]}}
-            ctx = ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=True)
+            ctx = ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True,
+                           runtime_env={"env_vars": {"PYTHONPATH": path, **ray_env()}})
+            kind = "cluster"
+        undo.callback(ray.shutdown)
         _dashboard = getattr(ctx, "dashboard_url", None)
         previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM = Ctrl-C: the same clean shutdown
         undo.callback(signal.signal, signal.SIGTERM, previous)
-        yield started
+        yield kind
 
 
 @contextmanager
@@ -99,18 +109,51 @@ def autoscaling_allowed() -> bool:
     return os.environ.get("RAYTRAIN_AUTOSCALING", "0") == "1"
 
 
-def check_fits(workers: int, cpus_per_worker: float, use_gpu: bool, extra: dict | None = None) -> None:
-    """Refuse (UserError) a worker group the cluster can never hold, instead of letting Ray wait for it."""
+def alive_nodes() -> list[dict]:
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def multi_node() -> bool:
+    """More than one node now, or a cluster that may add nodes."""
+    return autoscaling_allowed() or len(alive_nodes()) > 1
+
+
+KEYS = {"CPU": "parallel.workers x parallel.cpus_per_worker", "GPU": "parallel.use_gpu"}
+
+
+def check_fits(workers: int, bundle: dict[str, float], extra_cpus: float = 0.0, keys: dict | None = None) -> None:
+    """Refuse (UserError) `workers` x `bundle` (plus `extra_cpus` for Ray Data) when the cluster can never
+    hold them, instead of letting Ray wait for it."""
     if autoscaling_allowed():
         return
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    need = {"CPU": float(cpus_per_worker), **({"GPU": 1.0} if use_gpu else {}), **(extra or {})}
-    total = {k: sum(n["Resources"].get(k, 0.0) for n in nodes) for k in need}
-    for key, per_worker in need.items():
-        if total[key] < per_worker * workers:
-            what = {"CPU": "parallel.workers x parallel.cpus_per_worker", "GPU": "parallel.use_gpu"}.get(key, key)
-            raise UserError(f"{what}: {workers} worker(s) need {per_worker * workers:g} {key} but the cluster has "
+    keys = keys or KEYS
+    nodes = alive_nodes()
+    total = {k: sum(n["Resources"].get(k, 0.0) for n in nodes) for k in bundle}
+    for key, per_worker in bundle.items():
+        need = per_worker * workers + (extra_cpus if key == "CPU" else 0.0)
+        if total[key] < need - 1e-9:
+            what = keys.get(key, key)
+            more = f" + {extra_cpus:g} for Ray Data (data.stream_cpus)" if key == "CPU" and extra_cpus else ""
+            raise UserError(f"{what}: {workers} worker(s) need {per_worker * workers:g} {key}{more} but the cluster has "
                             f"{total[key]:g} (set RAYTRAIN_AUTOSCALING=1 if it autoscales)")
-    if not any(all(n["Resources"].get(k, 0.0) >= v for k, v in need.items()) for n in nodes):
-        raise UserError(f"parallel: no single node has {need} for one worker")
+    if not any(all(n["Resources"].get(k, 0.0) >= v for k, v in bundle.items()) for n in nodes):
+        raise UserError(f"parallel: no single node has {bundle} for one worker")
 
+
+@contextmanager
+def reserve(bundle: dict[str, float]):
+    """Hold one worker's resources in a placement group while this process trains in-process, so Ray
+    schedules nothing else onto them (a bounded wait when the cluster is busy)."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    pg = placement_group([bundle], strategy="STRICT_PACK")
+    t0 = time.monotonic()
+    ready = pg.wait(timeout_seconds=RESERVE_TIMEOUT_S)
+    if not ready:
+        remove_placement_group(pg)
+        raise UserError(f"parallel: waited {time.monotonic() - t0:.0f} s for {bundle} on the cluster; it is busy "
+                        "with other work (retry later, or set parallel.isolate: true to queue in Ray Train)")
+    try:
+        yield pg
+    finally:
+        remove_placement_group(pg)

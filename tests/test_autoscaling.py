@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,17 @@ def test_run_on_a_pool_starts_a_node_of_that_pool(autoscaling_head, tmp_path):
     cmd = [sys.executable, "-m", "raytrain", "train", str(ROOT / "experiments" / "digits-cnn.yaml"),
            "--set", "parallel.workers=1", "--set", "parallel.worker_resources={pool_small: 1}",
            "--set", "train.epochs=2", "--set", f"output={out}"]
-    proc = subprocess.run(cmd, env={**env, "RAYTRAIN_AUTOSCALING": "1"}, cwd=tmp_path, capture_output=True,
+    env = {**env, "RAYTRAIN_AUTOSCALING": "1"}
+    # The multi-node guard: a local output path on a cluster that can add nodes is refused before anything
+    # starts, in one line that names the fix.
+    t0 = time.monotonic()
+    refused = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    line = refused.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"raytrain: output {out}: a local path on a multi-node cluster") and "s3://" in line
+    assert time.monotonic() - t0 < 30 and not out.exists()
+    # This fake cluster's nodes all live on this machine, so the path is in fact shared: declared so, it runs.
+    proc = subprocess.run(cmd + ["--set", "output_shared=true"], env=env, cwd=tmp_path, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     summary = json.loads(next(out.glob("digits-cnn/*/result.json")).read_text())

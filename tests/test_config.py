@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from conftest import write_yaml
+from helpers import write_yaml
 from raytrain.cli import main
-from raytrain.config import Experiment, apply_overrides, load_experiment, to_yaml
+from raytrain.config import Experiment
+from raytrain.configio import apply_overrides, load_experiment, to_yaml
 from raytrain.errors import UserError
 
 

@@ -16,9 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def job_head(tmp_path_factory):
     """One head for this module's job tests (each job has its own run folder): one start-up, not two."""
-    from conftest import _head
+    from helpers import head
 
-    with _head(tmp_path_factory.mktemp("head")) as (address, url, env, _):
+    with head(tmp_path_factory.mktemp("head")) as (address, url, env, _):
         yield address, url, env
 
 

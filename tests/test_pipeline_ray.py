@@ -15,7 +15,7 @@ import torch
 from raytrain import data as data_mod
 from raytrain import trainer
 from raytrain.cli import main
-from raytrain.config import set_dotted, validate_experiment
+from raytrain.configio import set_dotted, validate_experiment
 from raytrain.errors import UserError
 from raytrain.loop import StepEnv
 from raytrain.models import build_model
@@ -46,7 +46,9 @@ def test_stage_checkpoints_resume_and_export(ray_local, exp_dict, tmp_path):
     first = trainer.run(_exp(exp_dict, train__epochs=2))
     assert first["status"] == "completed", first
     run_dir = Path(first["run_dir"])
-    assert sorted(p.name for p in Path(first["checkpoint"]).iterdir()) == ["stage_0.pt", "stage_1.pt"]
+    files = sorted(p.name for p in Path(first["checkpoint"]).iterdir())
+    assert [f for f in files if f.endswith(".pt")] == ["stage_0.pt", "stage_1.pt"]  # one shard per stage
+    assert [f for f in files if f.endswith(".sha256")] == ["stage_0.pt.sha256", "stage_1.pt.sha256"]
     second = trainer.run(_exp(exp_dict, train__epochs=3), resume=run_dir)
     assert second["status"] == "completed", second
     rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -106,9 +108,9 @@ def test_pipeline_model_mismatch_refused_in_preflight(exp_dict, patch, msg):
 @pytest.fixture
 def ray_head_4cpu(tmp_path):
     """A head advertising 4 logical CPUs on this 2-core machine, so a 4-worker DP x PP group can be placed."""
-    from conftest import _head
+    from helpers import head
 
-    with _head(tmp_path, num_cpus=4) as (_, _, env, _):
+    with head(tmp_path, num_cpus=4) as (_, _, env, _):
         yield env
 
 

@@ -12,11 +12,11 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
 from raytrain import trainer
-from raytrain.config import load_experiment
+from raytrain.configio import load_experiment
 from raytrain.errors import UserError
-from raytrain.search import driver, tuning
-from raytrain.search.report import write_report
-from raytrain.search.spec import SearchConfig, load_spec
+from raytrain.tuner import driver, tuning
+from raytrain.tuner.report import write_report
+from raytrain.tuner.spec import SearchConfig, load_spec
 
 SPEC = {
     "name": "s", "seed": 0, "data": {"dataset": "digits"}, "model": {"name": "mlp", "width": 0.5},
@@ -69,7 +69,7 @@ def test_small_search_end_to_end(ray_local, tmp_path):
     acc.Reload()
     assert any(tag.endswith("val_accuracy") for tag in acc.Tags()["scalars"])
 
-    html = write_report(run_dir).read_text()
+    html = Path(write_report(run_dir)).read_text()
     assert html.count("data:image/png;base64,") == 2 and "ASHA rungs" in html
 
     best = load_experiment(run_dir / "best.yaml", ["train.epochs=1", f"output={tmp_path / 'best'}"])

@@ -8,9 +8,9 @@ from ray import tune
 
 from raytrain.cli import main
 from raytrain.errors import UserError
-from raytrain.search.spec import load_spec
-from raytrain.search.tuning import rank
-from raytrain.search.spec import SearchConfig
+from raytrain.tuner.spec import load_spec
+from raytrain.tuner.tuning import rank
+from raytrain.tuner.spec import SearchConfig
 
 BASE = {"name": "s", "data": {"dataset": "digits"}, "model": {"name": "mlp"},
         "train": {"batch_size": 64, "precision": "fp32"}, "pruning": {"method": "structured"}}
@@ -42,9 +42,9 @@ def _generated(spec) -> list[dict]:
     """The configs Tune's generator (as build_tuner sets it up) hands out, in order; no cluster needed."""
     from ray.tune.experiment import Experiment
 
-    from raytrain.search.tuning import _seeded_search
+    from raytrain.tuner.tuning import seeded_search
 
-    gen = _seeded_search(spec, concurrent=0)
+    gen = seeded_search(spec, concurrent=0)
     gen.add_configurations(Experiment("e", lambda config: None, config=spec.param_space(), num_samples=spec.n_trials()))
     out = []
     while (trial := gen.next_trial()) is not None:

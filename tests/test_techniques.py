@@ -67,11 +67,11 @@ def test_schedule_resumes_from_checkpoint(tmp_path):
     full = []
     for i in range(20):
         if i == 7:
-            ckpt.save_state(tmp_path, {"opt": opt.state_dict(), "sched": sched.state_dict()})
+            ckpt.save_local(tmp_path, {"opt": opt.state_dict(), "sched": sched.state_dict()})
         full.append(opt.param_groups[0]["lr"])
         opt.step(); sched.step()
     opt2, sched2 = make()
-    state = ckpt.load_state(tmp_path)
+    state = ckpt.load_local(tmp_path)
     opt2.load_state_dict(state["opt"]); sched2.load_state_dict(state["sched"])
     resumed = []
     for _ in range(13):
@@ -200,8 +200,8 @@ def test_pruned_checkpoint_restores_into_fresh_model(tmp_path):
     mag = build_model("cnn", (1, 8, 8), 10)
     pruning.apply_magnitude_pruning(mag, 0.7)
     for m, name in ((model, "mobilenet"), (mag, "cnn")):
-        ckpt.save_state(tmp_path, {"model": m.state_dict()})
-        state = ckpt.load_state(tmp_path)
+        ckpt.save_local(tmp_path, {"model": m.state_dict()})
+        state = ckpt.load_local(tmp_path)
         fresh = build_model(name, (1, 8, 8), 10)
         pruning.resize_like(fresh, state["model"])
         pruning.restore_masks(fresh, state["model"])
@@ -211,9 +211,15 @@ def test_pruned_checkpoint_restores_into_fresh_model(tmp_path):
 
 
 def test_checkpoint_with_pickled_object_is_refused(tmp_path):
-    torch.save({"model": {}, "evil": object()}, tmp_path / ckpt.STATE_FILE)
-    with pytest.raises(Exception, match="Weights only load failed"):
-        ckpt.load_state(tmp_path)
+    import hashlib
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"model": {}, "evil": object()}, buf)  # a valid checksum: only weights_only stands in the way
+    (tmp_path / ckpt.STATE_FILE).write_bytes(buf.getvalue())
+    (tmp_path / f"{ckpt.STATE_FILE}.sha256").write_text(hashlib.sha256(buf.getvalue()).hexdigest())
+    with pytest.raises(ckpt.CheckpointError, match="Weights only load failed"):
+        ckpt.load_local(tmp_path)
 
 
 def test_pruning_a_model_without_prunable_layers_is_refused():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from raytrain import trainer
-from conftest import make_exp as _exp
+from helpers import make_exp as _exp
 
 
 def test_structured_pruning_mid_training_keeps_ddp_ranks_identical(ray_local, exp_dict):

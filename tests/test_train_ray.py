@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import make_exp, metric_rows
+from helpers import make_exp, metric_rows
 from raytrain import trainer
 from raytrain.errors import UserError
 
@@ -57,7 +57,7 @@ def test_ddp_two_workers_equal_one_worker_after_one_step(ray_local, exp_dict, tm
     assert abs(losses[0] - losses[1]) < 1e-5, losses
 
 
-def test_user_project_parquet_and_model_from_the_launch_directory(tmp_path):
+def test_user_project_parquet_and_model_from_the_launch_directory(tmp_path, starts_ray):
     """A user's own directory: their Parquet (other column names) and their model module beside it, trained
     with the installed `raytrain` console script on an embedded Ray; the driver and both workers import
     the model from the launch directory."""

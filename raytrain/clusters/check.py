@@ -8,46 +8,17 @@ from __future__ import annotations
 import copy
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
-import yaml
+from raytrain._ray_compat import autoscaler_util
+from raytrain.clusters.common import Problem, dotted, kind_of, load, walk
 
 RAY_PORTS = {8265: "dashboard", 6379: "GCS", 10001: "Ray client"}
 OPEN = {"0.0.0.0/0", "::/0"}
 SECRET_KEY = re.compile(r"(secret|password|passwd|access[_-]?key|private[_-]?key|credential|api[_-]?key|token)$", re.I)
 SECRET_VALUE = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY|AKIA[0-9A-Z]{16}|(aws_secret_access_key|password)\s*=\s*\S", re.I)
 SECRET_REFS = {"secretName", "secretKeyRef", "secretRef", "ssh_private_key", "enableK8sTokenAuth"}  # names/paths, not secrets
-
-
-@dataclass
-class Problem:
-    file: str
-    path: str
-    message: str
-    fix: str
-
-    def __str__(self) -> str:
-        return f"{self.file}: {self.path or '<top>'}: {self.message} (fix: {self.fix})"
-
-
-def load(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise ValueError(f"not valid YAML{f' (line {mark.line + 1})' if mark else ''}") from None
-
-
-def kind_of(doc: Any) -> str:
-    if isinstance(doc, dict) and "apiVersion" in doc and "kind" in doc:
-        return "kuberay"
-    if isinstance(doc, dict) and "provider" in doc:
-        return "launcher"
-    return "unknown"
 
 
 def check_file(path: Path, crds: Optional[Path] = None) -> list[Problem]:
@@ -71,13 +42,25 @@ def check_file(path: Path, crds: Optional[Path] = None) -> list[Problem]:
     return problems + security_lints(doc, name, kind)
 
 
+def warnings_for(path: Path) -> list[str]:
+    """Things that are valid but likely wrong (printed, exit code unchanged)."""
+    try:
+        doc = load(path)
+    except (FileNotFoundError, ValueError):
+        return []
+    if kind_of(doc) != "kuberay":
+        return []
+    from raytrain.clusters.kuberay import local_output_warnings
+
+    return local_output_warnings(doc, str(path))
+
+
 # --------------------------------------------------------------------------- cluster launcher
 
 def _prepared(config: dict) -> dict:
     """Ray's own preparation (defaults merged, node types filled), as `ray up` does before validating.
     The fake multi-node provider ships no defaults file in the wheel: fill what the schema needs."""
-    from ray.autoscaler._private import util
-
+    util = autoscaler_util()
     if str(config.get("provider", {}).get("type", "")).startswith("fake_multinode"):
         merged = {"cluster_synced_files": [], "file_mounts_sync_continuously": False, "rsync_exclude": [],
                   "rsync_filter": [], "initialization_commands": [], **copy.deepcopy(config)}
@@ -89,8 +72,8 @@ def _prepared(config: dict) -> dict:
 
 def check_launcher(config: dict, name: str) -> list[Problem]:
     import jsonschema
-    from ray.autoscaler._private import util
 
+    util = autoscaler_util()
     logging.getLogger("ray.autoscaler._private.util").setLevel(logging.WARNING)  # "setting max workers..." chatter
     try:
         util.validate_config(_prepared(config))
@@ -111,23 +94,6 @@ def check_launcher(config: dict, name: str) -> list[Problem]:
 
 
 # --------------------------------------------------------------------------- security lints
-
-def walk(node: Any, path: tuple = ()) -> Iterator[tuple[tuple, Any]]:
-    yield path, node
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield from walk(v, path + (k,))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield from walk(v, path + (i,))
-
-
-def dotted(path) -> str:
-    out = ""
-    for p in path:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out
-
 
 def _ports(rule: dict) -> Optional[set]:
     """Ports a firewall rule opens (None = all): AWS FromPort/ToPort, k8s ports[].port/endPort."""

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from raytrain.clusters.check import kind_of, load
-from raytrain.clusters.kuberay import _quantity, cluster_spec
+from raytrain.clusters.common import kind_of, load, quantity
+from raytrain.clusters.kuberay import cluster_spec
 from raytrain.errors import UserError
 
 
@@ -40,8 +40,8 @@ def _group_resources(group: dict) -> dict[str, float]:
     params = group.get("rayStartParams") or {}
     containers = ((group.get("template") or {}).get("spec") or {}).get("containers") or [{}]
     limits = (containers[0].get("resources") or {}).get("limits") or {}
-    res = {"CPU": _quantity(params.get("num-cpus", limits.get("cpu", 0))) or 0.0,
-           "GPU": _quantity(params.get("num-gpus", limits.get("nvidia.com/gpu", 0))) or 0.0}
+    res = {"CPU": quantity(params.get("num-cpus", limits.get("cpu", 0))) or 0.0,
+           "GPU": quantity(params.get("num-gpus", limits.get("nvidia.com/gpu", 0))) or 0.0}
     custom = params.get("resources")
     if custom:
         text = str(custom).strip().strip('"').replace('\\"', '"')
@@ -59,21 +59,18 @@ def kuberay_pools(doc: dict) -> list[Pool]:
 
 def _need(workers_spec: str) -> tuple[int, dict[str, float], int, str]:
     """(workers per run, resources per worker, runs wanted, label) for an experiment or a search spec."""
-    from raytrain.config import load_experiment
+    from raytrain.configio import load_experiment
 
     path = Path(workers_spec)
     raw = load(path) if path.is_file() else None
     if isinstance(raw, dict) and "search" in raw:
-        from raytrain.search.spec import load_spec
+        from raytrain.tuner.spec import load_spec
 
         spec = load_spec(path, [])
         t = spec.search.trial
-        need = {"CPU": float(t.cpus_per_worker), **({"GPU": 1.0} if t.use_gpu else {}), **t.worker_resources}
-        return t.workers, need, spec.n_trials(), f"each of {spec.n_trials()} trials"
-    exp = load_experiment(path)
-    p = exp.parallel
-    need = {"CPU": float(p.cpus_per_worker), **({"GPU": 1.0} if p.use_gpu else {}), **p.worker_resources}
-    return p.workers, need, 1, "the run"
+        return t.workers, t.bundle(), spec.n_trials(), f"each of {spec.n_trials()} trials"
+    p = load_experiment(path).parallel
+    return p.workers, p.bundle(), 1, "the run"
 
 
 def per_node(pool: Pool, need: dict[str, float]) -> tuple[int, Optional[str]]:
@@ -85,7 +82,7 @@ def per_node(pool: Pool, need: dict[str, float]) -> tuple[int, Optional[str]]:
         have = pool.resources.get(key, 0.0)
         if have < amount:
             return 0, f"needs {key} {amount:g} per worker, a node has {have:g}"
-        counts.append(int(have // amount))
+        counts.append(int(have / amount + 1e-9))
     return (min(counts) if counts else 0), None
 
 

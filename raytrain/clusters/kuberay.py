@@ -4,12 +4,13 @@ validation against their OpenAPI schema, closed the way `kubectl --validate=stri
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Optional
 
 import yaml
 
-from raytrain.clusters.check import Problem, dotted
+from raytrain.clusters.common import Problem, dotted, quantity
 
 CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml"}
 
@@ -66,13 +67,18 @@ def check_manifest(doc: dict, name: str, crds: Optional[Path]) -> list[Problem]:
     return problems
 
 
-def _quantity(v) -> Optional[float]:
-    """A Kubernetes quantity as a number of units ("4", 4, "500m" -> 0.5); None for memory-like values."""
-    s = str(v).strip()
-    try:
-        return float(s[:-1]) / 1000 if s.endswith("m") else float(s)
-    except ValueError:
-        return None
+def local_output_warnings(doc: dict, name: str) -> list[str]:
+    """A RayJob that deletes its cluster when it ends but writes its results to a local path loses them."""
+    spec = doc.get("spec") or {}
+    if doc.get("kind") != "RayJob" or not spec.get("shutdownAfterJobFinishes"):
+        return []
+    entry = str(spec.get("entrypoint") or "")
+    if "raytrain" not in entry or re.search(r"output=(s3|s3a|gs|gcs)://", entry):
+        return []
+    where = re.search(r"output=(\S+)", entry)
+    return [f"{name}: spec.entrypoint: the job deletes its cluster when it ends (shutdownAfterJobFinishes) but writes "
+            f"its output to the local path {where.group(1) if where else 'runs'}: every checkpoint and result is lost "
+            "with the cluster (fix: --set output=s3://... or gs://...)"]
 
 
 def _group(group: dict, where: str, name: str) -> list[Problem]:
@@ -85,14 +91,14 @@ def _group(group: dict, where: str, name: str) -> list[Problem]:
         return [Problem(name, f"{where}.template.spec.containers", "missing", "add the ray container")]
     limits = ((containers[0].get("resources") or {}).get("limits")) or {}
     cpath = f"{where}.template.spec.containers[0].resources.limits"
-    gpu_limit = _quantity(limits.get("nvidia.com/gpu", 0)) or 0.0
+    gpu_limit = quantity(limits.get("nvidia.com/gpu", 0)) or 0.0
     if "num-gpus" in params:
-        want = _quantity(params["num-gpus"])
+        want = quantity(params["num-gpus"])
         if want != gpu_limit:
             problems.append(Problem(name, f"{where}.rayStartParams.num-gpus", f"{params['num-gpus']} but {cpath}"
                                     f"[nvidia.com/gpu] is {gpu_limit:g}", "make them equal"))
     if "num-cpus" in params and "cpu" in limits:
-        want, have = _quantity(params["num-cpus"]), _quantity(limits["cpu"])
+        want, have = quantity(params["num-cpus"]), quantity(limits["cpu"])
         if want is not None and have is not None and want > have:
             problems.append(Problem(name, f"{where}.rayStartParams.num-cpus", f"{params['num-cpus']} exceeds {cpath}.cpu "
                                     f"{limits['cpu']}", "lower num-cpus or raise the limit"))

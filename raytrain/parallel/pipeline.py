@@ -22,6 +22,7 @@ from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
 
+from raytrain import collectives
 from raytrain.errors import UserError
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B, "interleaved_1f1b": ScheduleInterleaved1F1B}
@@ -153,22 +154,30 @@ class Pipeline:
             merged.update(part.state_dict())
         return merged
 
+    def load_state_dict(self, state: dict) -> None:
+        for part in self.parts:
+            part.load_state_dict({k: state[k] for k in part.state_dict()})
+
     def train(self, mode: bool = True) -> None:
         for part in self.parts:
             part.train(mode)
 
 
-def stage_io(parts: list[nn.Module], example: torch.Tensor, autocast_ctx=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def stage_io(parts: list[nn.Module], example: torch.Tensor, autocast_ctx=None,
+             device: torch.device = torch.device("cpu")) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(input, output) example of every part for one micro-batch, from an eval-mode pass on the unsplit
-    model (under the run's autocast, so dtypes match; with autograd on, so activations are marked as
+    model (on the training device under the run's autocast, so dtypes match what the stages will send:
+    CPU and CUDA autocast keep different ops in fp32; with autograd on, so activations are marked as
     needing gradients and the backward sends are set up). Handing these to PipelineStage makes its
     shapes static: otherwise it infers them with a real training-mode forward on the first step, which
-    moves BatchNorm running statistics one extra time."""
+    moves BatchNorm running statistics one extra time. One part at a time visits the device."""
     modes = [m.training for m in parts]
-    io, h = [], example
+    io, h = [], example.to(device)
     with autocast_ctx or contextlib.nullcontext():
         for part in parts:
-            out = part.eval()(h).contiguous()
+            was = next(part.parameters(), torch.zeros(())).device
+            out = part.to(device).eval()(h).contiguous()
+            part.to(was)
             io.append((h.detach().requires_grad_(h.requires_grad), out.detach().requires_grad_(out.requires_grad)))
             h = out
     for part, mode in zip(parts, modes):
@@ -182,7 +191,7 @@ def build_pipeline(model: nn.Module, mesh: Mesh, schedule: str, microbatches: in
     """This rank's stages of `model` and their schedule. `example` is one micro-batch of inputs (any values)."""
     n_stages = mesh.pp * stages_per_rank(schedule)
     all_parts = split_model(model, n_stages, split)
-    io = stage_io(all_parts, example, autocast_ctx)
+    io = stage_io(all_parts, example, autocast_ctx, device)
     idx = stage_indices(mesh, schedule)
     parts = [all_parts[i].to(device) for i in idx]
     stages = []
@@ -209,14 +218,13 @@ def share_batch(mesh: Mesh, y: Optional[torch.Tensor], batch: int, device: torch
     head = torch.zeros(2, dtype=torch.int64, device=device)
     if mesh.pp_rank == 0 and y is not None:
         head[0], head[1] = 1, y.numel()
-    dist.broadcast(head, src=mesh.first_rank, group=mesh.pp_group)
+    head = collectives.broadcast(head, mesh.first_rank, mesh.pp_group)
     if int(head[0]) == 0:
         return 0, None
     labels = torch.zeros(batch, dtype=torch.int64, device=device)
     if mesh.pp_rank == 0:
         labels[: y.numel()] = y
-    dist.broadcast(labels, src=mesh.first_rank, group=mesh.pp_group)
-    return int(head[1]), labels
+    return int(head[1]), collectives.broadcast(labels, mesh.first_rank, mesh.pp_group)
 
 
 def run_step(pipe: Pipeline, x: Optional[torch.Tensor], labels: torch.Tensor, n_valid: int,
@@ -241,12 +249,10 @@ def run_step(pipe: Pipeline, x: Optional[torch.Tensor], labels: torch.Tensor, n_
 def clip_grad_norm(pipe: Pipeline, max_norm: float) -> float:
     """Clip by the global norm over all stages (each stage holds a slice of the gradient vector)."""
     grads = [p.grad for p in pipe.parameters() if p.grad is not None]
-    device = grads[0].device if grads else torch.device("cpu")
-    sq = torch.zeros((), dtype=torch.float64, device=device)
+    sq = torch.zeros((), dtype=torch.float64, device=grads[0].device if grads else torch.device("cpu"))
     for g in grads:
         sq += g.detach().double().pow(2).sum()
-    dist.all_reduce(sq, group=pipe.mesh.pp_group)
-    norm = float(sq.sqrt())
+    norm = float(collectives.all_reduce(sq, group=pipe.mesh.pp_group).sqrt())
     coef = max_norm / (norm + 1e-6)
     if coef < 1.0:
         for g in grads:

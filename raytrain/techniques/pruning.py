@@ -9,6 +9,9 @@ the variant that actually trains faster on dense kernels.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable, Optional
+
 import torch
 import torch_pruning as tp
 from torch import nn
@@ -35,6 +38,66 @@ def target_ratio(cfg: PruningConfig, epoch: int, end_epoch: int) -> float:
     if cfg.method == "magnitude":
         return cfg.ratio * (1.0 - (1.0 - progress) ** 3)
     return cfg.ratio * progress
+
+
+@dataclass
+class PruningSchedule:
+    """The run's pruning, like `EarlyStopper`: knows when it is due, prunes in place on the model's own
+    device, and owns what a structural change forces on the rest of training: the training module
+    (channels_last, DDP, compile) is rebuilt by `wrap`, and the optimizer keeps state only for the
+    parameters that survived. Checkpointed through `state_dict()`."""
+    cfg: PruningConfig
+    end_epoch: int
+    in_shape: tuple
+    pruned: float = 0.0
+
+    def step(self, epoch: int, raw: nn.Module, optimizer: torch.optim.Optimizer,
+             wrap: Callable[[nn.Module], nn.Module]) -> Optional[nn.Module]:
+        """Prune `raw` if due at the start of `epoch`; returns the rebuilt training module, or None."""
+        target = target_ratio(self.cfg, epoch, self.end_epoch)
+        if target <= self.pruned + 1e-9:
+            return None
+        device = next(raw.parameters()).device
+        raw.to(memory_format=torch.contiguous_format)  # pruning flattens weights with .view()
+        if self.cfg.method == "magnitude":
+            refresh_masked_weights(raw)  # after a resume, `weight` still holds the init until a forward
+            apply_magnitude_pruning(raw, target)
+        else:
+            apply_structured_pruning(raw, ratio_increment(self.pruned, target), torch.zeros(1, *self.in_shape, device=device))
+        self.pruned = target
+        model = wrap(raw)
+        params = [p for p in raw.parameters() if p.requires_grad]
+        alive = set(map(id, params))
+        optimizer.param_groups[0]["params"] = params
+        for p in [p for p in optimizer.state if id(p) not in alive]:
+            del optimizer.state[p]
+        return model
+
+    def finish(self, raw: nn.Module) -> None:
+        """At the end of training: fold magnitude masks into the weights."""
+        if self.cfg.method == "magnitude":
+            make_pruning_permanent(raw)
+
+    def state_dict(self) -> dict:
+        return {"pruned": self.pruned}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.pruned = float(d.get("pruned", 0.0))
+
+
+def restore_structure(model: nn.Module, state_dict: dict) -> nn.Module:
+    """Give a freshly built model the pruned shapes and masks recorded in `state_dict` (load it after)."""
+    resize_like(model, state_dict)
+    return restore_masks(model, state_dict)
+
+
+def refresh_masked_weights(model: nn.Module) -> None:
+    """Recompute `weight = weight_orig * weight_mask` now (torch.nn.utils.prune does it in a forward
+    pre-hook, so after load_state_dict the attribute is stale until the next forward)."""
+    for m in model.modules():
+        for hook in m._forward_pre_hooks.values():
+            if isinstance(hook, prune.BasePruningMethod):
+                setattr(m, hook._tensor_name, hook.apply_mask(m))
 
 
 def _prunable(model: nn.Module) -> list[tuple[nn.Module, str]]:

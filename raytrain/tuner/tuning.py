@@ -1,15 +1,14 @@
-"""Ray Tune over experiments: a function trainable per trial launches that trial's TorchTrainer
-(Train V2 pattern) and forwards its reports with TuneReportCallback; ASHA prunes at rungs.
+"""Ray Tune over experiments: a function trainable per trial (`tuner.trial`), ASHA at rungs, a seeded
+generator that carries the concurrency limit and the search's budget.
 
 Resource accounting, so a search can never deadlock on a small cluster:
-  * the trial driver (this function) reserves 256 MiB of memory and no CPU, the Train controller
-    nothing: they only wait;
-  * each trial's Train workers reserve trial.workers x cpus_per_worker (and GPUs);
-  * Ray Data reads run on the trial driver *before* its workers start (datasets are materialised),
-    so no read task ever waits behind training workers;
-  * max_concurrent (auto) = how many trials' workers the cluster holds at once, so a new trial never
-    waits for CPUs another running trial holds; a trial waits for its predecessor's workers to be
-    released (bounded) before it returns, and every Train wait is bounded (30 s start-up, 1 retry).
+  * a one-worker trial's process holds that worker's CPUs (and GPU fraction) and trains itself;
+  * a multi-worker trial's driver reserves 256 MiB of memory and no CPU, the Train controller nothing:
+    they only wait; its Train workers reserve trial.workers x the worker bundle;
+  * materialised datasets are built before training starts, so no read task waits behind workers;
+  * max_concurrent (auto) = how many trials the cluster holds at once, so a new trial never waits for
+    CPUs another running trial holds; a nested trial waits for its workers to be released (bounded)
+    before it returns, and every Train wait is bounded (30 s start-up, 1 retry).
 """
 
 from __future__ import annotations
@@ -22,52 +21,20 @@ from pathlib import Path
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from raytrain.errors import UserError
 from raytrain.runtime import check_fits
-from raytrain.search.spec import SearchConfig, SearchSpec
+from raytrain.storage import Location
+from raytrain.tuner.spec import SearchConfig, SearchSpec
+from raytrain.tuner.trial import trainable
 
 TUNE_DIR = "tune"
-RELEASE_WAIT_S = 30.0
-TRIAL_DRIVER_MEMORY = 256 * 1024**2
 STATE_API_WAIT_S = 30.0
 
 
-def run_trial(config: dict, raw: dict, search_json: str, source: str) -> None:
-    """One trial: build its experiment, train it on Ray Train, report every epoch to Tune."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from raytrain import runtime, trainer
-
-    runtime.bound_ray_train_waits()  # on a cluster at RAY_ADDRESS the trial process did not inherit them
-    spec = SearchSpec(raw, SearchConfig.model_validate_json(search_json), source)
-    try:
-        exp = spec.trial_experiment(config)
-        prep = trainer.preflight(exp)
-    except UserError as e:  # a combination the schema or the hardware refuses: skip it, keep searching
-        tune.report({"val_accuracy": 0.0, "val_loss": math.inf, "epoch": 0, "stop_reason": f"skipped: {e}"})
-        return
-    trial_dir = Path(tune.get_context().get_trial_dir())
-    fit = trainer.build_trainer(prep, trial_dir, time.time(), callbacks=[TuneReportCallback()])
-    try:
-        fit.fit()
-    except ray.train.TrainingFailedError as e:
-        raise RuntimeError(trainer.root_cause(e)) from None
-    finally:
-        _wait_released(exp.parallel.workers * exp.parallel.cpus_per_worker)
-
-
-def _wait_released(cpus: float) -> None:
-    """Return only once this trial's workers' CPUs are back (bounded), so the next trial's workers fit."""
-    deadline = time.monotonic() + RELEASE_WAIT_S
-    while time.monotonic() < deadline:
-        if ray.available_resources().get("CPU", 0.0) >= cpus - 1e-6:
-            return
-        time.sleep(0.5)
-
-
 def require_state_api() -> None:
-    """Refuse a search on a cluster without the dashboard's state API.
+    """Refuse a search with nested (Ray Train) trials on a cluster without the dashboard's state API.
 
     Train V2 places each trial's workers in a placement group owned by the *driver's job*; when ASHA
     stops a trial, only Train's PlacementGroupCleaner (which asks the state API whether the trial's
@@ -88,61 +55,90 @@ def require_state_api() -> None:
 
 
 def max_concurrent(spec: SearchSpec) -> int:
-    """Trials whose workers the cluster holds at once (refuses a trial that can never be placed)."""
+    """Trials the cluster holds at once (refuses a trial that can never be placed)."""
     t = spec.search.trial
-    check_fits(t.workers, t.cpus_per_worker, t.use_gpu, t.worker_resources)
+    bundle = t.bundle()
+    check_fits(t.workers, bundle)
     total = ray.cluster_resources()
-    fits = [int(total.get("CPU", 0) // (t.workers * t.cpus_per_worker))]
-    if t.use_gpu:
-        fits.append(int(total.get("GPU", 0) // t.workers))
+    fits = [int(total.get(k, 0.0) / (t.workers * v) + 1e-9) for k, v in bundle.items() if v > 0]
     auto = max(1, min(fits))
     want = auto if spec.search.max_concurrent == "auto" else min(int(spec.search.max_concurrent), auto)
     return max(1, min(want, spec.n_trials()))
 
 
-def _trainable(spec: SearchSpec):
-    fn = tune.with_parameters(run_trial, raw=spec.raw, search_json=spec.search.model_dump_json(), source=spec.source)
-    # The trial driver only waits: it reserves memory, not CPU (Tune refuses an empty request, and a
-    # fractional CPU would leave 1.98 CPUs for two 1-CPU trials: the second's workers would never fit).
-    return tune.with_resources(fn, {"memory": TRIAL_DRIVER_MEMORY})
-
-
-def build_tuner(spec: SearchSpec, run_dir: Path, resume: bool = False) -> tune.Tuner:
+def build_tuner(spec: SearchSpec, run_dir: Location, resume: bool = False) -> tune.Tuner:
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 
     s = spec.search
-    trainable = _trainable(spec)
+    fn = trainable(spec)
+    path, fs = run_dir.for_ray()
     if resume:
-        return tune.Tuner.restore(str(run_dir / TUNE_DIR), trainable=trainable, resume_unfinished=True,
-                                  resume_errored=False, restart_errored=False)
+        return tune.Tuner.restore(str(run_dir / TUNE_DIR) if not run_dir.remote else f"{run_dir.uri}/{TUNE_DIR}",
+                                  trainable=fn, resume_unfinished=True, resume_errored=False, restart_errored=False,
+                                  storage_filesystem=fs)
     return tune.Tuner(
-        trainable,
+        fn,
         param_space=spec.param_space(),
         tune_config=tune.TuneConfig(scheduler=make_scheduler(s), num_samples=spec.n_trials(),
-                                    search_alg=_seeded_search(spec, max_concurrent(spec))),
-        run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(run_dir), failure_config=tune.FailureConfig(max_failures=0),
+                                    search_alg=seeded_search(spec, max_concurrent(spec)),
+                                    reuse_actors=s.trial.in_trial),  # a trial process serves the next trial
+        run_config=tune.RunConfig(name=TUNE_DIR, storage_path=path, storage_filesystem=fs,
+                                  failure_config=tune.FailureConfig(max_failures=0),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.base.checkpoint.keep),
                                   callbacks=[TBXLoggerCallback(), CSVLoggerCallback(), JsonLoggerCallback()]),
     )
 
 
 def make_scheduler(s: SearchConfig) -> ASHAScheduler:
-    """ASHA on epochs (one report per epoch = one training_iteration). With time_to_target it still
-    prunes on accuracy: a trial that is behind at a rung is unlikely to reach the target first."""
+    """ASHA on epochs (one report per epoch = one training_iteration), or with `asha.grace_seconds` on
+    training seconds. With time_to_target it compares val accuracy: at equal time spent, the trial that
+    is ahead is the one likely to reach the target first."""
     metric, mode = ("val_accuracy", "max") if s.objective.time_to_target else (s.objective.metric, s.objective.mode)
-    return ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=s.asha.max_t,
-                         grace_period=s.asha.grace_period, reduction_factor=s.asha.reduction_factor)
+    a = s.asha
+    if a.grace_seconds is not None:  # rungs at grace x rf^k seconds; trials end by their own epochs
+        return ASHAScheduler(time_attr="elapsed_s", metric=metric, mode=mode, grace_period=a.grace_seconds,
+                             max_t=a.grace_seconds * a.reduction_factor ** 8, reduction_factor=a.reduction_factor)
+    return ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=a.max_t,
+                         grace_period=a.grace_period, reduction_factor=a.reduction_factor)
 
 
-def _seeded_search(spec: SearchSpec, concurrent: int):
-    """Tune's default generator, seeded, and carrying the concurrency limit itself: Tune silently ignores
-    TuneConfig.max_concurrent_trials when the search_alg is a BasicVariantGenerator we pass in.
+class BudgetedSearch(BasicVariantGenerator):
+    """Tune's default generator, seeded, carrying the concurrency limit (Tune ignores
+    TuneConfig.max_concurrent_trials for a search_alg passed in) and the search's budget: once its wall
+    time or trial-epochs are spent it admits no more trials and the running ones finish. Its counters
+    are saved with Tune's search state, so a resumed search keeps what it had spent."""
 
-    Grid points go in as points_to_evaluate, one trial each, in the spec's order (see SearchConfig.order);
+    def __init__(self, *args, wall_s=None, trial_epochs=None, **kw):
+        super().__init__(*args, **kw)
+        self.budget_wall_s, self.budget_trial_epochs = wall_s, trial_epochs
+        self.started, self.spent_trial_epochs, self.stopped_admitting = time.time(), 0, None
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if result.get("epoch"):
+            self.spent_trial_epochs += 1
+
+    def next_trial(self):
+        reason = self._spent()
+        if reason and not self.is_finished():
+            self.stopped_admitting = reason
+            self.set_finished()
+        return super().next_trial()
+
+    def _spent(self):
+        if self.budget_wall_s is not None and time.time() - self.started >= self.budget_wall_s:
+            return f"wall budget {self.budget_wall_s:g} s spent"
+        if self.budget_trial_epochs is not None and self.spent_trial_epochs >= self.budget_trial_epochs:
+            return f"trial-epoch budget {self.budget_trial_epochs} spent"
+        return None
+
+
+def seeded_search(spec: SearchSpec, concurrent: int) -> BudgetedSearch:
+    """Grid points go in as points_to_evaluate, one trial each, in the spec's order (see SearchConfig.order);
     num_samples is then the trial count, so nothing is generated after them."""
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
     seed = spec.search.seed if spec.search.seed is not None else spec.base.seed
-    return BasicVariantGenerator(points_to_evaluate=spec.grid_points(), random_state=seed, max_concurrent=concurrent)
+    b = spec.search.budget
+    return BudgetedSearch(points_to_evaluate=spec.grid_points(), random_state=seed, max_concurrent=concurrent,
+                          wall_s=b.wall_s, trial_epochs=b.trial_epochs)
 
 
 def collect(spec: SearchSpec, grid) -> list[dict]:
@@ -167,7 +163,7 @@ def collect(spec: SearchSpec, grid) -> list[dict]:
                      "elapsed_s": m.get("elapsed_s"), "time_to_target_s": m.get("time_to_target_s"),
                      "params_total": m.get("params_total"), "path": r.path,
                      "history": [{k: h.get(k) for k in ("epoch", "val_accuracy", "val_loss", "elapsed_s", "train_loss",
-                                                        "timestamp")}
+                                                        "timestamp", "trial_started_mono", "reported_mono")}
                                  for h in hist]})
     return rank(rows, spec.search)
 
@@ -208,4 +204,3 @@ def _gcs() -> str:
     """Our cluster's address, explicitly: without it the state API may follow a stale
     /tmp/ray/ray_current_cluster left by some earlier `ray start` to a dead cluster."""
     return ray.get_runtime_context().gcs_address
-

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import math
 import random
 from pathlib import Path
@@ -13,7 +12,8 @@ from typing import Literal, Optional, Union
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from raytrain.config import Experiment, Strict, _read_yaml, apply_overrides, validate_experiment
+from raytrain.config import Experiment, Strict, WorkerResources
+from raytrain.configio import apply_overrides, read_yaml, set_dotted, validate_experiment
 from raytrain.errors import UserError, format_validation_error
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -25,7 +25,8 @@ class Objective(Strict):
     mode: Literal["max", "min"] = "max"
     """Whether larger or smaller is better."""
     time_to_target: Optional[float] = Field(None, gt=0.0)
-    """Rank by wall time to reach this val_accuracy (trials stop once they reach it); ASHA still prunes on accuracy."""
+    """Rank by training seconds to reach this val_accuracy; a trial stops the moment it reaches it. ASHA
+    compares val accuracy at its rungs (at equal training seconds with `asha.grace_seconds`)."""
 
 
 class Asha(Strict):
@@ -35,6 +36,9 @@ class Asha(Strict):
     """Epochs every trial gets before it can be stopped."""
     reduction_factor: float = Field(3.0, gt=1.0)
     """Keep the top 1/reduction_factor of trials at each rung."""
+    grace_seconds: Optional[float] = Field(None, gt=0.0)
+    """Rungs at grace_seconds x reduction_factor^k seconds of training instead of at epochs: for a time
+    objective, accuracy after equal time spent predicts time to target (equal epochs favour slow configs)."""
 
     @model_validator(mode="after")
     def _grace(self) -> "Asha":
@@ -43,15 +47,23 @@ class Asha(Strict):
         return self
 
 
-class TrialResources(Strict):
+class TrialResources(WorkerResources):
     workers: int = Field(1, ge=1)
-    """Ray Train workers per trial."""
-    cpus_per_worker: int = Field(1, ge=1)
-    """CPUs per trial worker."""
-    use_gpu: bool = False
-    """One GPU per trial worker."""
-    worker_resources: dict[str, float] = Field(default_factory=dict)
-    """Extra Ray resources per trial worker (e.g. a node pool's pool_* resource)."""
+    """Workers per trial: 1 trains inside the Tune trial process; more start a Ray Train worker group."""
+    isolate: bool = False
+    """Train even a one-worker trial in its own Ray Train worker group (nested TorchTrainer)."""
+
+    @property
+    def in_trial(self) -> bool:
+        """The trial's one worker trains in the (reused) Tune trial process itself."""
+        return self.workers == 1 and not self.isolate
+
+
+class Budget(Strict):
+    wall_s: Optional[float] = Field(None, gt=0.0)
+    """Stop admitting new trials once the search has run this long (running trials finish)."""
+    trial_epochs: Optional[int] = Field(None, ge=1)
+    """Stop admitting new trials once this many trial-epochs have been trained (running trials finish)."""
 
 
 class SearchConfig(Strict):
@@ -66,6 +78,8 @@ class SearchConfig(Strict):
     trial: TrialResources = TrialResources()
     seed: Optional[int] = None
     """Seed for Tune's sampling and the grid shuffle (null: the experiment seed)."""
+    budget: Budget = Budget()
+    """Limits on the whole search; what was spent is reported in search.json."""
     order: Literal["shuffled", "listed"] = "shuffled"
     """Order grid points are tried in. ASHA judges a trial against those that reached its rung before
     it, and its analysis assumes configs arrive in random order: a listed grid (all small learning
@@ -99,21 +113,26 @@ class SearchSpec:
         self.base = self.trial_experiment({})
         self.space_values = self._check_space()
 
-    def trial_overrides(self, params: dict) -> list[str]:
+    def trial_values(self) -> dict:
+        """The keys every trial's experiment gets: its resources, its epochs, the stop at the target."""
         t, a = self.search.trial, self.search.asha
-        fixed = [f"parallel.workers={t.workers}", f"parallel.cpus_per_worker={t.cpus_per_worker}",
-                 f"parallel.use_gpu={str(t.use_gpu).lower()}", f"train.epochs={a.max_t}",
-                 "parallel.max_failures=0"]  # a failing trial ends; the search goes on
-        if t.worker_resources:
-            fixed.append(f"parallel.worker_resources={json.dumps(t.worker_resources)}")
+        fixed = {"parallel.workers": t.workers, "parallel.cpus_per_worker": t.cpus_per_worker,
+                 "parallel.use_gpu": t.use_gpu, "parallel.gpus_per_worker": t.gpus_per_worker,
+                 "parallel.worker_resources": dict(t.worker_resources), "parallel.isolate": t.isolate,
+                 "train.epochs": a.max_t, "parallel.max_failures": 0}  # a failing trial ends; the search goes on
         if self.search.objective.time_to_target is not None:
-            fixed.append(f"train.early_stopping={{metric: val_accuracy, mode: max, patience: {a.max_t}, "
-                         f"target: {self.search.objective.time_to_target}}}")
-        return fixed + [f"{k}={_yaml_scalar(v)}" for k, v in params.items()]
+            fixed["train.early_stopping"] = {"metric": "val_accuracy", "mode": "max", "patience": a.max_t,
+                                             "target": self.search.objective.time_to_target}
+        return fixed
+
+    def trial_raw(self, params: dict) -> dict:
+        raw = copy.deepcopy(self.raw)
+        for key, value in {**self.trial_values(), **params}.items():
+            set_dotted(raw, key, copy.deepcopy(value))
+        return raw
 
     def trial_experiment(self, params: dict, source: str | None = None) -> Experiment:
-        raw = apply_overrides(copy.deepcopy(self.raw), self.trial_overrides(params))
-        return validate_experiment(raw, source or self.source + (f" with {params}" if params else ""))
+        return validate_experiment(self.trial_raw(params), source or self.source + (f" with {params}" if params else ""))
 
     def _check_space(self) -> dict[str, list]:
         """Try every listed value (and both bounds) against the experiment schema; drop values this
@@ -164,24 +183,22 @@ class SearchSpec:
 
 
 def _absolute_paths(raw: dict) -> dict:
-    """Trials run in other processes (and cwd): pin `output` and `data.path` to where the user launched."""
+    """Trials run in other processes (and cwd): pin a local `output` and `data.path` to where the user launched."""
+    from raytrain.storage import is_uri
+
     raw = copy.deepcopy(raw)
-    raw["output"] = str(Path(raw.get("output") or "runs").resolve())
+    out = raw.get("output") or "runs"
+    raw["output"] = out if is_uri(str(out)) else str(Path(out).expanduser().resolve())
     data = raw.get("data")
-    if isinstance(data, dict) and isinstance(data.get("path"), str):
-        data["path"] = str(Path(data["path"]).expanduser().resolve())
+    for key in ("path", "val_path"):
+        if isinstance(data, dict) and isinstance(data.get(key), str) and not is_uri(data[key]):
+            data[key] = str(Path(data[key]).expanduser().resolve())
     return raw
-
-
-def _yaml_scalar(value) -> str:
-    import yaml
-
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> SearchSpec:
     path = Path(path)
-    raw = _read_yaml(path)
+    raw = read_yaml(path)
     raw = apply_overrides(raw, list(overrides or []))
     block = raw.pop("search", None)
     if block is None:

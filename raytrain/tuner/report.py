@@ -7,8 +7,8 @@ import html
 import io
 import json
 import math
-from pathlib import Path
 
+from raytrain import storage
 from raytrain.errors import UserError
 
 
@@ -45,7 +45,7 @@ def curves(summary: dict) -> str:
         line, = ax.plot(xs, ys, lw=1.2, alpha=0.8)
         if str(r["status"]).startswith("stopped by ASHA"):
             ax.plot(xs[-1], ys[-1], "x", color=line.get_color(), ms=9, mew=2)
-    for k in range(0, 20):  # rung epochs: grace * rf^k
+    for k in range(0 if not summary.get("grace_seconds") else 20, 20):  # rung epochs: grace * rf^k
         rung = summary["grace_period"] * summary["reduction_factor"] ** k
         if rung >= summary["max_t"]:
             break
@@ -71,6 +71,9 @@ def pareto(summary: dict) -> str:
                 front.append((t, a))
                 best = a
         ax.plot([f[0] for f in front], [f[1] for f in front], "r-", lw=1, label="Pareto front")
+        target = (summary.get("objective") or {}).get("time_to_target")
+        if target:
+            ax.axhline(target, color="green", ls="--", lw=1, label=f"target {target:.2%}")
         ax.legend(loc="lower right")
     ax.set_xlabel("training wall time (s)")
     ax.set_ylabel("final val accuracy")
@@ -78,26 +81,63 @@ def pareto(summary: dict) -> str:
     return _png(fig)
 
 
-def rung_table(summary: dict) -> list[tuple[int, int, float]]:
-    """(rung epoch, trials that reached it, best val accuracy there)."""
+def rung_table(summary: dict) -> list[tuple[str, int, float]]:
+    """(rung, trials that reached it, best val accuracy there); rungs in epochs, or in training seconds."""
+    secs = summary.get("grace_seconds")
+    grace, rf = (secs, summary["reduction_factor"]) if secs else (summary["grace_period"], summary["reduction_factor"])
     out = []
     for k in range(0, 20):
-        rung = int(summary["grace_period"] * summary["reduction_factor"] ** k)
-        if rung > summary["max_t"]:
+        rung = grace * rf ** k
+        if not secs and rung > summary["max_t"]:
             break
-        accs = [h["val_accuracy"] for r in summary["trials"] for h in r["history"] if h.get("epoch") == rung
-                and h.get("val_accuracy") is not None]
-        out.append((rung, len(accs), max(accs) if accs else float("nan")))
+        accs = []
+        for r in summary["trials"]:
+            hist = [h for h in r["history"] if h.get("val_accuracy") is not None]
+            at = [h for h in hist if (h.get("elapsed_s") or 0) >= rung] if secs else \
+                [h for h in hist if h.get("epoch") == int(rung)]
+            if at:
+                accs.append(at[0]["val_accuracy"])
+        if secs and not accs:
+            break
+        out.append((f"{rung:.0f} s" if secs else str(int(rung)), len(accs), max(accs) if accs else float("nan")))
     return out
 
 
-def write_report(run_dir: Path) -> Path:
-    path = Path(run_dir) / "search.json"
-    if not path.is_file():
+def _num(v, fmt):
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+
+def headline(summary: dict) -> str:
+    """The user's question first: the fastest configuration to the target (or the best one), ready to run."""
+    target = (summary.get("objective") or {}).get("time_to_target")
+    ok = [r for r in summary["trials"] if not str(r["status"]).startswith(("error", "skipped", "diverged"))]
+    best_yaml = summary.get("best_yaml")
+    run = (f'<p>Train it: <code>raytrain train {html.escape(best_yaml)}</code></p>' if best_yaml else "")
+    if target is None:
+        if not ok:
+            return "<p><b>No trial finished.</b></p>"
+        b = ok[0]
+        return (f"<p><b>Best configuration: {html.escape(_label(b))}</b> &mdash; {summary['objective']['metric']} "
+                f"{_num(b.get('val_accuracy'), '.4f')} after {b['epochs']} epochs.</p>{run}")
+    reached = [r for r in summary["trials"] if r.get("time_to_target_s") is not None]
+    if not reached:
+        top = max((r.get("val_accuracy") or 0.0 for r in ok), default=0.0)
+        return (f"<p><b>No configuration reached {target:.2%}</b> (best {top:.2%}); widen the search space or "
+                "raise asha.max_t.</p>")
+    b = reached[0]
+    return (f"<p><b>Fastest to {target:.2%}: {html.escape(_label(b))}</b> &mdash; {b['time_to_target_s']:.1f} s of "
+            f"training ({_num(b.get('val_accuracy'), '.2%')} at epoch {b['epochs']}).</p>{run}"
+            f"<p>{len(reached)} of {len(summary['trials'])} trials reached {target:.2%}.</p>")
+
+
+def write_report(run_dir) -> str:
+    run = storage.resolve(run_dir, "RUN_DIR")
+    storage.check_reachable(run, "RUN_DIR")
+    path = run / "search.json"
+    if not path.exists():
         raise UserError(f"{run_dir}: no search.json (not a finished raytrain search; try raytrain search --resume)")
     summary = json.loads(path.read_text())
-    def num(v, fmt):
-        return "" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+    num = _num
 
     rows = "".join(
         f"<tr><td>{r['rank']}</td><td>{html.escape(_label(r))}</td><td>{r['epochs']}</td>"
@@ -108,13 +148,15 @@ def write_report(run_dir: Path) -> Path:
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>raytrain search report</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}</style></head><body>
-<h1>Search report</h1><p>{html.escape(summary['run_dir'])} &mdash; {len(summary['trials'])} trials,
-{summary['trial_epochs']} trial-epochs, {summary['wall_s']:.0f} s wall. Objective: {html.escape(json.dumps(summary['objective']))}</p>
-<h2>Learning curves</h2><img src="data:image/png;base64,{curves(summary)}">
-<h2>ASHA rungs</h2><table><tr><th>rung (epoch)</th><th>trials reaching it</th><th>best val acc</th></tr>{rungs}</table>
+<h1>Search report</h1>{headline(summary)}
 <h2>Accuracy vs time</h2><img src="data:image/png;base64,{pareto(summary)}">
+<p>{html.escape(summary['run_dir'])} &mdash; {len(summary['trials'])} trials, {summary['trial_epochs']} trial-epochs,
+{summary['wall_s']:.0f} s wall{html.escape(' (' + summary['budget_note'] + ')') if summary.get('budget_note') else ''}.
+Objective: {html.escape(json.dumps(summary['objective']))}</p>
+<h2>Learning curves</h2><img src="data:image/png;base64,{curves(summary)}">
+<h2>ASHA rungs</h2><table><tr><th>rung</th><th>trials reaching it</th><th>best val acc</th></tr>{rungs}</table>
 <h2>Trials (ranked)</h2><table><tr><th>rank</th><th>params</th><th>epochs</th><th>val acc</th><th>to target (s)</th>
 <th>train (s)</th><th>status</th></tr>{rows}</table></body></html>"""
-    out = Path(run_dir) / "report.html"
+    out = run / "report.html"
     out.write_text(doc)
-    return out
+    return out.uri

@@ -1,0 +1,184 @@
+"""raytrain from Python: the functions the CLI is a thin layer over.
+
+Inside an existing Ray session (`ray.is_initialized()`: a notebook, a test fixture) they use it and
+leave it running; otherwise they start the same embedded Ray as the CLI and shut it down afterwards.
+Environment variables, PYTHONPATH, logging and torch's thread count are as they were when a call
+returns or raises. Bad input raises `raytrain.UserError` carrying the one-line message the CLI prints.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+from raytrain import console, runtime
+from raytrain.config import Experiment
+from raytrain.configio import load_experiment as _load
+from raytrain.errors import UserError
+
+PathLike = Union[str, Path]
+
+
+@dataclass
+class RunResult:
+    """What `train` returns (the same as the run folder's result.json)."""
+    run_dir: str
+    """The run folder (local path or URI): config.yaml, metrics.jsonl, result.json, train/checkpoint_*."""
+    status: str
+    """completed, an early-stop reason, diverged, or failed."""
+    metrics: dict
+    """The last epoch's metrics (val_accuracy, val_loss, samples_per_s, time_to_target_s, ...)."""
+    checkpoint: Optional[str]
+    """The newest checkpoint folder."""
+    error: Optional[str]
+    """The root cause in one line when status is failed."""
+    startup: dict
+    """Seconds in each start-up phase, from the call to the first finished step."""
+    wall_s: float
+    """Seconds from the call to its return."""
+    mode: str
+    """in-process (one worker in this process) or worker-group (Ray Train)."""
+    summary: dict = field(repr=False, default_factory=dict)
+    """Everything result.json holds."""
+
+
+@dataclass
+class SearchResult:
+    """What `search` returns (the same as the search folder's search.json)."""
+    run_dir: str
+    """The search folder: tune/, search.json, best.yaml, report.html."""
+    trials: list[dict]
+    """Every trial, ranked by the objective: params, status, epochs, accuracy, time to target, history."""
+    best_yaml: Optional[str]
+    """A ready-to-run experiment with the winning values (`train(load_experiment(best_yaml))`)."""
+    report: Optional[str]
+    """report.html."""
+    wall_s: float
+    summary: dict = field(repr=False, default_factory=dict)
+
+    @property
+    def best(self) -> Optional[dict]:
+        return next((t for t in self.trials if not str(t["status"]).startswith(("error", "skipped", "diverged"))), None)
+
+
+def load_experiment(path: PathLike, overrides: Optional[list[str]] = None) -> Experiment:
+    """Read and validate an experiment YAML; `overrides` are `"key.path=value"` strings like `--set`."""
+    return _load(path, overrides)
+
+
+def _experiment(exp: Union[Experiment, PathLike]) -> Experiment:
+    return exp if isinstance(exp, Experiment) else _load(exp)
+
+
+def validate(exp: Union[Experiment, PathLike], model: Optional[Callable] = None):
+    """Check an experiment's storage, data and model without training; returns the data's `DataInfo`."""
+    from raytrain import trainer
+
+    return trainer.preflight(_experiment(exp), model).info
+
+
+def _check_storage(output: str, resume: Optional[PathLike]) -> None:
+    from raytrain import storage
+
+    storage.check_reachable(storage.resolve(output), "output")
+    if resume is not None:
+        storage.check_reachable(storage.resolve(str(resume), "--resume"), "--resume")
+
+
+def _preflight(exp: Experiment, model: Optional[Callable]):
+    from raytrain import trainer  # torch, Ray Train, Ray Data: imported on this thread while Ray starts
+
+    return trainer.preflight(exp, model)
+
+
+def factory_name(fn: Callable) -> str:
+    """"module:qualname" for a model factory, recorded as model.name so the CLI can resume and export the
+    run when the function is importable (a lambda or a notebook's function can only be resumed from Python)."""
+    mod, qual = getattr(fn, "__module__", None) or "__main__", getattr(fn, "__qualname__", repr(fn))
+    try:
+        obj = importlib.import_module(mod)
+        for part in qual.split("."):
+            obj = getattr(obj, part)
+    except Exception:
+        obj = None
+    if obj is not fn:
+        console.LOGGER.warning(f"model factory {mod}:{qual} is not importable by name: resume and export this run "
+                               "from Python (train(..., model=...)), not from the CLI")
+    return f"{mod}:{qual}"
+
+
+def train(exp: Union[Experiment, PathLike], *, model: Optional[Callable] = None, datasets: Optional[dict] = None,
+          resume: Optional[PathLike] = None, launch: Optional[float] = None) -> RunResult:
+    """Train one experiment; returns its `RunResult` (the run folder is the same as the CLI's).
+
+    model: a factory `(in_shape, num_classes) -> nn.Module` used instead of `model.name` (it must pickle
+        to Ray's workers; a module-level function is recorded by name for the CLI).
+    datasets: {"train": ray.data.Dataset, "val": ray.data.Dataset} with the columns `data.features` and
+        `data.label` name, checked like Parquet and ingested like every dataset.
+    resume: a run folder (path or URI) to continue from its newest readable checkpoint.
+    """
+    launch = launch or time.time()
+    exp = _experiment(exp)
+    if model is not None:
+        exp = exp.model_copy(update={"model": exp.model.model_copy(update={"name": factory_name(model)})})
+    _check_storage(exp.output, resume)  # a bad URI or an unreachable store: one line, before Ray starts
+    with console.attached():
+        # The data and model checks need no cluster and ray.init mostly waits for the processes it starts:
+        # side by side, the first step comes that much sooner. Bad input still ends in one UserError.
+        ready = runtime.in_background(_preflight, exp, model) if datasets is None else None
+        with runtime.ray_session() as kind:
+            prepared = ready.result() if ready is not None else None
+            from raytrain import trainer
+
+            url = runtime.dashboard_url()
+            if url and kind == "embedded":
+                console.LOGGER.info(f"Ray dashboard: {url}")
+            s = trainer.run(exp, resume, launch, prepared=prepared, factory=model, datasets=datasets)
+    return RunResult(s["run_dir"], s["status"], s["final"], s["checkpoint"], s["error"], s["startup"], s["wall_s"],
+                     s["mode"], s)
+
+
+def search(spec: Union[PathLike, Any], *, overrides: Optional[list[str]] = None,
+           resume: Optional[PathLike] = None) -> SearchResult:
+    """Run (or, with `resume`, finish) a Tune search over a spec: an experiment YAML with a `search:` block."""
+    from raytrain.tuner import driver
+    from raytrain.tuner.report import write_report
+    from raytrain.tuner.spec import SearchSpec, load_spec
+
+    spec = spec if isinstance(spec, SearchSpec) else load_spec(spec, overrides)
+    _check_storage(spec.base.output, resume)
+    with console.attached(), runtime.ray_session() as kind:
+        url = runtime.dashboard_url()
+        if url and kind == "embedded":
+            console.LOGGER.info(f"Ray dashboard: {url}")
+        s = driver.run(spec, str(resume) if resume is not None else None)
+    report = write_report(s["run_dir"])
+    return SearchResult(s["run_dir"], s["trials"], s.get("best_yaml"), report, s["wall_s"], s)
+
+
+def export(run_dir: PathLike, out: Optional[PathLike] = None) -> str:
+    """Write a run's newest readable checkpoint as one plain state_dict (default RUN_DIR/model.pt)."""
+    from raytrain.modelfile import export as _export
+
+    return _export(str(run_dir), str(out) if out is not None else None)[0]
+
+
+def check_cluster(path: PathLike, crds: Optional[PathLike] = None) -> list[str]:
+    """Problems in a cluster-launcher YAML or KubeRay manifest, one line each (empty: fine)."""
+    from raytrain.clusters.check import check_file
+
+    return [str(p) for p in check_file(Path(path), Path(crds) if crds else None)]
+
+
+def fit(spec: PathLike, cluster: PathLike) -> tuple[bool, list[str]]:
+    """Where a run's (or each trial's) workers land on a cluster file's node pools: (fits, lines)."""
+    from raytrain.clusters.fit import fit as _fit
+
+    return _fit(Path(spec), Path(cluster))
+
+
+__all__ = ["Experiment", "RunResult", "SearchResult", "UserError", "check_cluster", "export", "fit",
+           "load_experiment", "search", "train", "validate"]

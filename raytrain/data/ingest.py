@@ -1,0 +1,141 @@
+"""Driver side: the Ray Datasets a run's workers read, and the name each rank reads them by.
+
+materialize: the cached Arrow tables go to Ray Data as ready blocks (`from_blocks`: metadata computed
+here, so not even a metadata task), cut on the driver into one equal part per data-parallel rank
+(`train_<rank>`): no read task, no split coordinator, and nothing of Ray Data needs a CPU while workers
+(or Tune trials training in their own process) hold every one of them.
+
+stream: `read_parquet` + a decoding `map_batches`, with the CPUs reserved for them (`data.stream_cpus`)
+checked against the cluster before anything starts; Ray Train splits the stream across ranks with
+`streaming_split(equal=True)` (DDP ranks need equal step counts). Shuffling: the block order is a
+seeded permutation (`randomize_block_order`), the same every epoch, and each epoch each rank shuffles
+within a local buffer seeded by (seed, epoch, rank): examples move between batches every epoch, but
+not across blocks further apart than the buffer; it is not a global shuffle.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import pyarrow.parquet as pq
+
+from raytrain.config import Experiment
+from raytrain.data import DataInfo
+from raytrain.data.parquet import StreamSource, decode
+
+
+@dataclass
+class Ingest:
+    datasets: dict  # name -> ray.data.Dataset
+    shards: dict[str, list[str]]  # "train"/"val" -> the dataset name each rank reads
+    split: list[str] = field(default_factory=list)  # names Ray Train splits across ranks (stream)
+
+
+def steps_per_epoch(exp: Experiment, info: DataInfo) -> int:
+    """Optimizer steps per epoch on every rank; the driver passes this to the workers (never re-derived)."""
+    par = exp.parallel
+    if par.pipeline.stages > 1:  # whole batches only (micro-batches must be equal), shared by dp groups
+        return max(1, (info.n_train // exp.per_worker_batch) // par.dp)
+    return max(1, math.ceil((info.n_train // par.workers) / exp.per_worker_batch))
+
+
+def build(exp: Experiment, info: DataInfo, src: Optional[StreamSource] = None) -> Ingest:
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = ctx.enable_operator_progress_bars = False  # per-epoch lines are the progress
+    world, pipeline = exp.parallel.workers, exp.parallel.pipeline.stages > 1
+    if info.ingest == "stream":
+        train = _read(src.train, src, exp).randomize_block_order(seed=exp.seed)
+        datasets = {"train": train, "val": _read(src.val, src, exp)}
+        return Ingest(datasets, {s: [s] * world for s in datasets}, [] if pipeline else ["train", "val"])
+    tables = {name: pq.read_table(path) for name, path in (("train", info.train_path), ("val", info.val_path))}
+    if pipeline:  # every worker sees the whole set; each group's first stage picks its batches
+        return Ingest({name: ray.data.from_blocks(_blocks(t)) for name, t in tables.items()},
+                      {name: [name] * world for name in tables})
+    datasets = {shard_name(name, rank): ray.data.from_blocks(_blocks(part))
+                for name, table in tables.items() for rank, part in enumerate(_equal_parts(table, world))}
+    return Ingest(datasets, {name: [shard_name(name, r) for r in range(world)] for name in tables})
+
+
+def shard_name(split: str, rank: int) -> str:
+    """The dataset a data-parallel rank reads for `split` ("train" / "val")."""
+    return f"{split}_{rank}"
+
+
+def task_cpus(stream_cpus: float) -> tuple[float, int]:
+    """(CPUs per read/decode task, tasks at once) within the reserved `stream_cpus`."""
+    per = min(1.0, stream_cpus)
+    return per, max(1, int(stream_cpus // per))
+
+
+def _read(paths: list[str], src: StreamSource, exp: Experiment):
+    import ray.data
+
+    cpus, concurrency = task_cpus(exp.data.stream_cpus)
+    columns = list(src.columns) if src.columns else None
+    ds = ray.data.read_parquet(paths, filesystem=src.fs, columns=columns, num_cpus=cpus, concurrency=concurrency,
+                               file_extensions=None)
+    if src.columns is None:  # the cache's x/y columns are already decoded
+        return ds
+    features, label = src.columns
+    return ds.map_batches(decode, batch_format="pyarrow", num_cpus=cpus, concurrency=concurrency,
+                          fn_kwargs={"features": features, "label": label, "shape": src.shape})
+
+
+def from_user(datasets: dict, exp: Experiment, seed: int):
+    """(DataInfo, Ingest) from the user's own `ray.data.Dataset`s (Python API): checked like Parquet
+    (columns, a sample decoded for shape and type), decoded by the same function, then materialised and
+    cut per rank, or streamed, like every other dataset."""
+    from raytrain.errors import UserError
+
+    cfg = exp.data
+    missing = [k for k in ("train", "val") if k not in datasets]
+    if missing:
+        raise UserError(f"datasets: needs 'train' and 'val' ray.data.Dataset entries (missing: {', '.join(missing)})")
+    shapes = {}
+    for name in ("train", "val"):
+        cols = datasets[name].schema().names
+        for key, col in (("data.features", cfg.features), ("data.label", cfg.label)):
+            if col not in cols:
+                raise UserError(f"{key}: column {col!r} not in datasets[{name!r}] (columns: {', '.join(cols)})")
+        sample = datasets[name].limit(256).to_arrow_refs()
+        import pyarrow as pa
+        import ray
+
+        table = pa.concat_tables(ray.get(sample))
+        shapes[name] = decode(table, cfg.features, cfg.label, cfg.shape)["x"].shape[1:]
+    if shapes["train"] != shapes["val"]:
+        raise UserError(f"datasets: train examples have shape {shapes['train']} but val {shapes['val']}")
+    kw = {"features": cfg.features, "label": cfg.label, "shape": cfg.shape}
+    decoded = {k: datasets[k].select_columns([cfg.features, cfg.label]).map_batches(decode, batch_format="pyarrow",
+                                                                                 fn_kwargs=kw) for k in ("train", "val")}
+    stream = cfg.ingest == "stream"
+    if not stream:
+        decoded = {k: v.materialize() for k, v in decoded.items()}
+    n_train, n_val = decoded["train"].count(), decoded["val"].count()
+    num_classes = cfg.num_classes or int(max(decoded["train"].max("y"), decoded["val"].max("y"))) + 1
+    info = DataInfo("<ray.data.Dataset>", "<ray.data.Dataset>", tuple(int(s) for s in shapes["train"]), num_classes,
+                    n_train, n_val, ingest="stream" if stream else "materialize", train_bytes=0)
+    world = exp.parallel.workers
+    if stream or exp.parallel.pipeline.stages > 1:
+        return info, Ingest(decoded, {s: [s] * world for s in decoded}, ["train", "val"] if stream and
+                            exp.parallel.pipeline.stages == 1 else [])
+    parts = {shard_name(k, r): part for k, ds in decoded.items() for r, part in enumerate(ds.split(world, equal=True))}
+    return info, Ingest(parts, {k: [shard_name(k, r) for r in range(world)] for k in decoded})
+
+
+def _equal_parts(table, n: int) -> list:
+    """`n` consecutive slices of `rows // n` rows each (the remainder is dropped, as streaming_split(equal=True) does)."""
+    size = table.num_rows // n
+    return [table.slice(i * size, size) for i in range(n)]
+
+
+def _blocks(table, rows_per_block: int = 8192, min_blocks: int = 8) -> list:
+    """Several blocks, not one: the iterator formats one block while the model trains on the last
+    (and a pipeline group's first stage reads whole blocks)."""
+    n = max(min_blocks, -(-table.num_rows // rows_per_block))
+    step = max(1, -(-table.num_rows // n))
+    return [table.slice(i, step) for i in range(0, max(table.num_rows, 1), step)]

@@ -1,0 +1,143 @@
+"""The one epoch loop, for every mode: resume, epochs, metrics, stopping, reports and checkpoints.
+
+A mode (`modes.ddp.DataParallel`, `modes.pipeline.Pipelined`) supplies its batches, its train and eval
+epoch, its model statistics and its checkpoint's file name; a host (`raytrain.hosts`) supplies rank,
+device, datasets, what to resume from and where reports go. This is torchtitan's shape: one loop, with
+the pipeline differing only inside its epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from contextlib import contextmanager
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from raytrain import checkpoint as ckpt
+from raytrain import collectives
+from raytrain.hosts import Host
+from raytrain.plan import RunPlan
+from raytrain.techniques.allocator import keep_freed_memory
+from raytrain.techniques.schedule import current_lr
+
+log = logging.getLogger("raytrain")
+
+
+def run(host: Host, plan: RunPlan, factory: Optional[Callable] = None, entered: Optional[float] = None) -> None:
+    """Train one worker's share of the run described by `plan`, reporting through `host`."""
+    entered = entered or time.time()
+    exp, info = plan.exp(), plan.info()
+    with process_settings(exp, plan):
+        seed_all(exp.seed)
+        if exp.parallel.pipeline.stages > 1:
+            from raytrain.modes.pipeline import Pipelined as Mode  # torch.distributed.pipelining: pipelines only
+        else:
+            from raytrain.modes.ddp import DataParallel as Mode
+        mode = Mode(exp, info, plan, host, factory, lambda name: restore(host, name))
+        marks = {**plan.marks, "worker_entered": entered, "model_ready": time.time()}
+        epochs(mode, host, plan, marks)
+
+
+@contextmanager
+def process_settings(exp, plan: RunPlan):
+    """Threads, allocator and compile cache for this process, put back afterwards (an in-process run
+    must leave the caller's process as it found it; the allocator setting is the exception: glibc
+    has no way back, and `train.keep_freed_memory: false` skips it)."""
+    threads, env_before = torch.get_num_threads(), os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    torch.set_num_threads(exp.parallel.torch_threads)  # Ray sets OMP_NUM_THREADS=1; use the CPUs reserved
+    if exp.train.keep_freed_memory:
+        keep_freed_memory()
+    if exp.train.compile and plan.compile_cache and env_before is None:  # one Inductor cache per output root
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = plan.compile_cache
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        if env_before is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def restore(host: Host, name: str) -> Optional[dict]:
+    """The newest checkpoint every rank can read its `name` in: the registered one, then older ones
+    listed in storage (torn or tampered ones are skipped with a warning)."""
+    cands = ckpt.candidates(host.registered(), host.checkpoints())
+    state, used = ckpt.load_first(cands, name, agree=collectives.all_true)
+    if state is not None and host.rank == 0:
+        log.info(f"resumed from {used.uri} (epoch {int(state['epoch']) + 1} done)")
+    return state
+
+
+def epochs(mode, host: Host, plan: RunPlan, marks: dict) -> None:
+    exp, state = mode.exp, mode.state
+    start = state.epoch + 1
+    for epoch in range(start, exp.train.epochs):
+        mode.before_epoch(epoch)
+        t0 = time.perf_counter()
+        local = mode.train_epoch(epoch)
+        first_step_at = local.pop("first_step_at")
+        tr = collectives.reduce_sums(local)
+        train_s = time.perf_counter() - t0
+        va = collectives.reduce_sums(mode.evaluate())
+        epoch_s = time.perf_counter() - t0
+        state.elapsed_s += epoch_s
+        state.epoch = epoch
+        metrics = {**epoch_metrics(epoch, tr, va, train_s, epoch_s, host.world, state), **mode.labels()}
+        if epoch == start and plan.launch_time:
+            metrics["first_step_s"] = first_step_at - plan.launch_time
+            metrics.update({f"startup_{k}_s": t - plan.launch_time for k, t in marks.items()})
+        stop = stop_reason(state, epoch, metrics)
+        final = stop is not None or epoch == exp.train.epochs - 1
+        if final:
+            mode.finish()
+            metrics.update(stop_reason=stop or "completed", **mode.model_stats())
+        if host.rank == 0:
+            log.info(progress_line(metrics, exp.train.epochs))
+        save = final or (epoch + 1) % exp.checkpoint.every_epochs == 0
+        files = ckpt.encode(state.state_dict(), mode.file_name) if save and mode.writes_checkpoint else None
+        host.report(metrics, files)
+        if final:
+            break
+
+
+def epoch_metrics(epoch: int, tr: dict, va: dict, train_s: float, epoch_s: float, world: int, state) -> dict:
+    steps = max(tr["steps"] / world, 1.0)
+    wait = tr["wait_seconds"] / world  # mean over ranks: time blocked waiting for the next batch
+    return {
+        "epoch": epoch + 1, "train_loss": tr["loss_sum"] / max(tr["count"], 1),
+        "train_accuracy": tr["correct"] / max(tr["count"], 1), "val_loss": va["loss_sum"] / max(va["count"], 1),
+        "val_accuracy": va["correct"] / max(va["count"], 1), "samples_per_s": tr["count"] / max(train_s, 1e-9),
+        "epoch_s": epoch_s, "elapsed_s": state.elapsed_s, "step_ms": 1000 * max(train_s - wait, 0.0) / steps,
+        "input_wait_s": wait, "lr": current_lr(state.optimizer), "skipped_steps": int(tr["skipped_steps"]),
+    }
+
+
+def stop_reason(state, epoch: int, metrics: dict) -> Optional[str]:
+    if not math.isfinite(metrics["train_loss"]) or not math.isfinite(metrics["val_loss"]):
+        return "diverged"
+    stopper = state.stopper
+    if stopper is None:
+        return None
+    reason = stopper.update(epoch, float(metrics[stopper.cfg.metric]), state.elapsed_s)
+    if stopper.target_epoch is not None:
+        metrics.update(time_to_target_s=stopper.target_seconds, time_to_target_epochs=stopper.target_epoch)
+    return reason
+
+
+def progress_line(m: dict, epochs: int) -> str:
+    line = (f"epoch {m['epoch']}/{epochs}  train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
+            f"val_acc {m['val_accuracy']:.4f}  {m['samples_per_s']:.0f} samples/s  {m['epoch_s']:.1f}s  lr {m['lr']:.3g}")
+    if m.get("stop_reason"):
+        line += f"  stop: {m['stop_reason']}"
+    return line

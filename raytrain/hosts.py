@@ -1,0 +1,172 @@
+"""Where the per-worker loop runs, and the only module of it that knows Ray Train or Tune.
+
+The loop (`raytrain.epochs`) asks its host for: rank and world, the device, a dataset by name, the
+checkpoint to resume from (the one Ray or Tune registered, plus the storage to list older ones in),
+and `report(metrics, files)`. Three hosts:
+  * TrainHost  - a Ray Train worker (worker groups: DDP, pipelines, `parallel.isolate`); Ray Train
+                 persists checkpoints to the run's storage and restarts the group on failure;
+  * TuneHost   - a Tune trial process training its one worker itself; Tune persists checkpoints;
+  * LocalHost  - the calling process, one worker; raytrain persists checkpoints itself (Ray Train's
+                 local mode persists none and would leave a process-global train context behind).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from typing import Optional
+
+import torch
+
+from raytrain import checkpoint as ckpt
+from raytrain import storage
+from raytrain.plan import RunPlan
+from raytrain.storage import Location
+
+
+class Host:
+    rank = 0
+    world = 1
+    device = torch.device("cpu")
+
+    def shard(self, name: str):
+        raise NotImplementedError
+
+    def registered(self) -> Optional[Location]:
+        """The checkpoint Ray/Tune registered for this run or trial (None: none, or not tracked)."""
+        return None
+
+    def checkpoints(self) -> Optional[Location]:
+        """The folder holding this run's checkpoint_* (listed for older ones)."""
+        return None
+
+    def report(self, metrics: dict, files: Optional[dict[str, bytes]]) -> None:
+        raise NotImplementedError
+
+
+def _location(cp) -> Optional[Location]:
+    """A Ray `Checkpoint` (path + pyarrow filesystem) as a Location."""
+    if cp is None:
+        return None
+    fs = cp.filesystem
+    uri = cp.path if fs is None or fs.type_name == "local" else f"{fs.type_name.replace('gcs', 'gs')}://{cp.path}"
+    return Location(fs or storage.pafs.LocalFileSystem(), cp.path, uri)
+
+
+def _directory(files: dict[str, bytes]) -> tempfile.TemporaryDirectory:
+    d = tempfile.TemporaryDirectory(prefix="raytrain-ckpt-")
+    ckpt.write_files(d.name, files)
+    return d
+
+
+class TrainHost(Host):
+    def __init__(self, plan: RunPlan):
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self.plan = plan
+        self.log: Optional[MetricsLog] = None
+
+    def shard(self, name: str):
+        import ray.train
+
+        return ray.train.get_dataset_shard(name)
+
+    def registered(self) -> Optional[Location]:
+        import ray.train
+
+        return _location(ray.train.get_checkpoint())
+
+    def checkpoints(self) -> Optional[Location]:
+        return storage.resolve(self.plan.checkpoints) if self.plan.checkpoints else None
+
+    def report(self, metrics: dict, files: Optional[dict[str, bytes]]) -> None:
+        """Ray Train persists the checkpoint (under rank 0's folder name, shared by every rank's shard), then
+        rank 0 logs the row: a report the controller had not polled when a worker died would lose it."""
+        import ray.train
+
+        name = ckpt.new_dir_name() if self.rank == 0 else None
+        if not files:
+            ray.train.report(metrics)
+        else:
+            with _directory(files) as d:
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d), checkpoint_dir_name=name)
+        if self.rank == 0 and self.plan.run_dir:
+            if self.log is None:
+                self.log = MetricsLog(storage.resolve(self.plan.run_dir) / ckpt.METRICS)
+            row = dict(metrics)
+            if files:
+                row["checkpoint"] = (self.checkpoints() / name).uri
+            self.log.append(row)
+
+
+class TuneHost(Host):
+    def __init__(self, datasets: dict, device: torch.device):
+        self.datasets, self.device = datasets, device
+
+    def shard(self, name: str):
+        return self.datasets[name]
+
+    def registered(self) -> Optional[Location]:
+        from ray import tune
+
+        return _location(tune.get_checkpoint())
+
+    def report(self, metrics: dict, files: Optional[dict[str, bytes]]) -> None:
+        from ray import tune
+
+        if not files:
+            tune.report(metrics)
+            return
+        with _directory(files) as d:
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+class LocalHost(Host):
+    """One worker in the calling process. Each checkpoint goes straight to the run's storage: state
+    first, its checksum last (a crash mid-write leaves a folder that fails verification and is skipped),
+    then the metrics row that names it; only the newest `keep` are kept."""
+
+    def __init__(self, datasets: dict, device: torch.device, run: Location, keep: int):
+        self.datasets, self.device, self.keep = datasets, device, keep
+        self.storage = run / ckpt.RUN_STORAGE
+        self.log = MetricsLog(run / ckpt.METRICS)
+
+    def shard(self, name: str):
+        return self.datasets[name]
+
+    def checkpoints(self) -> Optional[Location]:
+        return self.storage
+
+    def report(self, metrics: dict, files: Optional[dict[str, bytes]]) -> None:
+        row = dict(metrics)
+        if files:
+            target = self.storage / ckpt.new_dir_name()
+            target.makedirs()
+            for name in sorted(files, key=lambda n: n.endswith(".sha256")):
+                (target / name).write_bytes(files[name])
+            row["checkpoint"] = target.uri
+            for old in ckpt.checkpoint_dirs(self.storage)[self.keep:]:
+                old.delete_dir()
+        self.log.append(row)
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON row per report. Every write replaces the whole file with one complete
+    object (object stores have no append; locally a temp file + rename), so a reader never sees a torn row."""
+
+    def __init__(self, loc: Location):
+        self.loc = loc
+        self.lines = loc.read_text().splitlines() if loc.exists() else []
+
+    def append(self, row: dict) -> None:
+        self.lines.append(json.dumps(row, default=str))
+        self.loc.write_text("\n".join(self.lines) + "\n")
+
+
+def read_rows(run: Location) -> list[dict]:
+    log = run / ckpt.METRICS
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []

@@ -1,0 +1,156 @@
+"""Pipeline (and DP x PP) training of one rank; the schedule itself is `raytrain.parallel.pipeline`.
+
+Data: every worker gets the whole (unsplit) dataset; only each pipeline group's first stage reads it,
+with the same shuffle seed in every group, and group d takes batches d, d+dp, d+2dp, ... - so each
+example is seen once per epoch across groups, and every group runs the same number of steps (their
+gradient all-reduces must pair up). The first stage broadcasts the labels to its group. Batches are
+filtered on the host and only this group's are moved to the device.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Optional
+
+import torch
+
+from raytrain import collectives
+from raytrain.checkpoint import stage_file
+from raytrain.loop import SchedulerStepper, StepEnv, timed
+from raytrain.models import model_from
+from raytrain.optim import build_optimizer
+from raytrain.parallel import pipeline as pl
+from raytrain.state import TrainState
+from raytrain.techniques.early_stopping import EarlyStopper
+from raytrain.techniques.precision import autocast, resolve_precision
+from raytrain.techniques.pruning import forward_flops
+from raytrain.techniques.schedule import build_scheduler
+
+log = logging.getLogger("raytrain")
+
+
+class Pipelined:
+    def __init__(self, exp, info, plan, host, factory: Optional[Callable], restore: Callable[[str], Optional[dict]]):
+        self.exp, self.info, self.plan, self.host, self.factory = exp, info, plan, host, factory
+        device, pp = host.device, exp.parallel.pipeline
+        precision = resolve_precision(exp.train.precision, device, pipeline=True)
+        mesh = pl.make_mesh(pp.stages, device.type)
+        model = model_from(exp.model, info.in_shape, info.num_classes, factory)
+        if pl.has_batchnorm(model) and host.rank == 0:
+            log.info("note: BatchNorm in a pipeline normalises each micro-batch on its own: this matches "
+                     "gradient accumulation over the same micro-batches, not full-batch training")
+        example = torch.zeros(exp.per_worker_batch // pp.microbatches, *info.in_shape)
+        self.pipe = pl.build_pipeline(model, mesh, pp.schedule, pp.microbatches, device, example, pp.split,
+                                      autocast(precision, device))
+        del model  # parts of other stages are freed here: each rank keeps only its own shard
+        self.file_name = stage_file(mesh.pp_rank)
+        payload = restore(self.file_name)
+        self.env = StepEnv(device, precision, False, info.scale, info.mean, info.std)
+        optimizer = build_optimizer(torch.nn.ModuleList(self.pipe.parts), exp.train.optimizer)
+        steps = plan.steps_per_epoch
+        scheduler = build_scheduler(optimizer, exp.train.schedule, exp.train.epochs, steps, exp.train.optimizer.lr)
+        stopper = EarlyStopper(exp.train.early_stopping) if exp.train.early_stopping else None
+        self.state = TrainState(self.pipe, optimizer, SchedulerStepper(scheduler, exp.train.epochs * steps),
+                                torch.amp.GradScaler(device.type, enabled=False), stopper, None, exp, info,
+                                stage=mesh.pp_rank, stages=mesh.pp)
+        if payload is not None:
+            self.state.load_state_dict(payload)
+        self.shards = {s: host.shard(plan.shard(s, host.rank)) for s in ("train", "val")}
+
+    @property
+    def writes_checkpoint(self) -> bool:
+        """The dp-rank-0 replica of each stage writes its shard; Ray Train merges them into one folder."""
+        return self.pipe.mesh.dp_rank == 0
+
+    def before_epoch(self, epoch: int) -> None:
+        pass
+
+    def _batches(self, split: str, **kw):
+        mesh = self.pipe.mesh
+        if mesh.pp_rank != 0:
+            return None
+        it = self.shards[split].iter_torch_batches(device="cpu", **kw)  # filtered here, moved by StepEnv
+        return (b for i, b in enumerate(it) if i % mesh.dp == mesh.dp_rank)
+
+    def train_epoch(self, epoch: int) -> dict:
+        s, env, bs, steps = self.state, self.env, self.exp.per_worker_batch, self.plan.steps_per_epoch
+        batches = self._batches("train", batch_size=bs, drop_last=True, local_shuffle_buffer_size=max(bs * 8, 1024),
+                                local_shuffle_seed=self.exp.seed * 1000 + epoch)  # one shared order for all groups
+        wait = [0.0]
+        it = iter(timed(batches, wait)) if batches is not None else None
+        self.pipe.train(True)
+        loss_sum = correct = count = 0.0
+        first_step_at = None
+        for _ in range(steps):
+            x = y = None
+            if it is not None:
+                x, y = env.inputs(next(it))
+            n, labels = pl.share_batch(self.pipe.mesh, y, bs, env.device)
+            s.optimizer.zero_grad(set_to_none=True)
+            with autocast(env.precision, env.device):
+                ls, c = self._step(x, labels, n, train=True)
+            if self.exp.train.max_grad_norm is not None:
+                pl.clip_grad_norm(self.pipe, self.exp.train.max_grad_norm)
+            s.optimizer.step()
+            s.stepper.step()
+            loss_sum, correct = loss_sum + ls, correct + c
+            count += n if self.pipe.holds_last else 0
+            first_step_at = first_step_at or time.time()
+        env.synchronize()
+        return {"loss_sum": loss_sum, "correct": correct, "count": count, "steps": steps, "skipped_steps": 0,
+                "wait_seconds": wait[0], "first_step_at": first_step_at or time.time()}
+
+    def evaluate(self) -> dict:
+        """Forward-only over the validation set; the last batch is padded to full size and masked."""
+        env, bs = self.env, self.exp.per_worker_batch
+        batches = self._batches("val", batch_size=bs)
+        self.pipe.train(False)
+        loss_sum = correct = count = 0.0
+        while True:
+            x = y = None
+            if batches is not None:
+                b = next(batches, None)
+                if b is not None:
+                    x, y = env.inputs(b)
+                    if y.numel() < bs:
+                        x = torch.cat([x, x.new_zeros((bs - y.numel(), *x.shape[1:]))])
+            n, labels = pl.share_batch(self.pipe.mesh, y, bs, env.device)
+            if n == 0:
+                break
+            with autocast(env.precision, env.device):
+                ls, c = self._step(x, labels, n, train=False)
+            loss_sum, correct, count = loss_sum + ls, correct + c, count + (n if self.pipe.holds_last else 0)
+        return {"loss_sum": loss_sum, "correct": correct, "count": count}
+
+    def _step(self, x, labels, n: int, train: bool):
+        try:
+            return pl.run_step(self.pipe, x, labels, n, train=train)
+        except Exception as e:
+            # PipelineStage re-raises a stage's error as a multi-line "failed to run forward"; only the
+            # message crosses to the driver (not the chain), so name the original error in it.
+            inner = e
+            while inner.__cause__ is not None:
+                inner = inner.__cause__
+            if inner is e:
+                raise
+            raise RuntimeError(f"pipeline stage {self.pipe.mesh.pp_rank}: {type(inner).__name__}: {inner}") from e
+
+    def finish(self) -> None:
+        pass
+
+    def labels(self) -> dict:
+        return {"precision": self.env.precision, "channels_last": False, "pruned_ratio": 0.0,
+                "pipeline_stages": self.pipe.mesh.pp, "data_parallel": self.pipe.mesh.dp}
+
+    def model_stats(self) -> dict:
+        mesh = self.pipe.mesh
+        per_stage = collectives.gather_sum(mesh.pp_rank, mesh.pp, sum(p.numel() for p in self.pipe.parameters()),
+                                           group=mesh.pp_group)
+        spread = collectives.maximum(collectives.spread(collectives.weight_checksum(self.pipe.parameters()),
+                                                        mesh.dp_group))
+        total = int(sum(per_stage))
+        e, info = self.exp, self.info  # FLOPs of the unsplit model (stages are not separately traceable)
+        flops = forward_flops(model_from(e.model, info.in_shape, info.num_classes, self.factory), info.in_shape)
+        return {"rank_weight_spread": spread, "params_total": total, "params_nonzero": total, "weight_sparsity": 0.0,
+                "stage_params": [int(v) for v in per_stage], "flops_per_sample": flops}

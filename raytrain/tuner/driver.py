@@ -1,0 +1,93 @@
+"""`raytrain search`: run (or resume) a Tune search and leave results a person can read, on any storage."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Optional
+
+from raytrain import runtime, storage
+from raytrain.configio import to_yaml, validate_experiment
+from raytrain.errors import UserError
+from raytrain.tuner import tuning
+from raytrain.tuner.spec import SearchSpec
+
+log = logging.getLogger("raytrain")
+
+
+def run(spec: SearchSpec, resume: Optional[str] = None) -> dict:
+    t0 = time.time()
+    out = storage.resolve(spec.base.output)
+    storage.check_reachable(out, "output")
+    if resume is not None:
+        run_dir = storage.resolve(resume, "--resume")
+        storage.check_reachable(run_dir, "--resume")
+        if not (run_dir / tuning.TUNE_DIR).is_dir():
+            raise UserError(f"--resume {resume}: not a raytrain search folder (no {tuning.TUNE_DIR}/ inside)")
+    concurrent = tuning.max_concurrent(spec)  # refuse an impossible trial before creating anything
+    if not out.remote and not spec.base.output_shared and runtime.multi_node():
+        raise UserError(f"output {spec.base.output}: a local path on a multi-node cluster (trials run on every node, "
+                        "each with its own disk); use s3://... or gs://..., or a path every node mounts with "
+                        "output_shared: true")
+    if not spec.search.trial.in_trial:
+        tuning.require_state_api()
+    if resume is None:
+        run_dir = storage.new_run_dir(out, f"{spec.base.name}-search")
+        (run_dir / "spec.yaml").write_text(to_yaml(spec.base))
+    for note in spec.notes:
+        log.info(f"note: {note}")
+    a = spec.search.asha
+    rungs = f"grace={a.grace_seconds:g}s" if a.grace_seconds else f"grace={a.grace_period}"
+    log.info(f"search {run_dir}: {spec.n_trials()} trial(s), ASHA max_t={a.max_t} {rungs} rf={a.reduction_factor:g}, "
+             f"{concurrent} at a time, {'in the trial processes' if spec.search.trial.in_trial else 'Ray Train per trial'}")
+    grid = tuning.build_tuner(spec, run_dir, resume=resume is not None).fit()
+    rows = tuning.collect(spec, grid)
+    summary = {"run_dir": run_dir.uri, "wall_s": time.time() - t0, "trials": rows,
+               "trial_epochs": tuning.trial_epochs(rows), "max_t": a.max_t, "grace_period": a.grace_period,
+               "grace_seconds": a.grace_seconds, "reduction_factor": a.reduction_factor,
+               "objective": spec.search.objective.model_dump(), "notes": spec.notes, "planned_trials": spec.n_trials(),
+               "budget": spec.search.budget.model_dump(), "budget_note": budget_note(spec, rows, time.time() - t0)}
+    best = next((r for r in rows if not str(r["status"]).startswith(("error", "skipped", "diverged"))), None)
+    if best is not None:
+        write_best(spec, best, run_dir / "best.yaml")
+        summary["best_yaml"] = (run_dir / "best.yaml").uri
+    (run_dir / "search.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def budget_note(spec: SearchSpec, rows: list[dict], wall_s: float) -> Optional[str]:
+    """What the search spent against its budget, and whether the budget cut it short."""
+    b = spec.search.budget
+    if b.wall_s is None and b.trial_epochs is None:
+        return None
+    spent = f"spent {wall_s:.0f} s" + (f" of {b.wall_s:g} s" if b.wall_s else "") + f", {tuning.trial_epochs(rows)}" \
+            + (f" of {b.trial_epochs}" if b.trial_epochs else "") + " trial-epochs"
+    if len(rows) < spec.n_trials():
+        return f"{spent}; admitted {len(rows)} of {spec.n_trials()} trials"
+    return f"{spent}; every trial admitted"
+
+
+def write_best(spec: SearchSpec, best: dict, path: storage.Location) -> None:
+    """A ready-to-run experiment that trains like the winning trial did: its values, its resources (so its
+    time to target means the same on `raytrain train`), the full epoch budget and the stop at the target."""
+    raw = spec.trial_raw(best["params"])
+    raw["name"] = f"{spec.base.name}-best"
+    raw.setdefault("parallel", {})["max_failures"] = spec.base.parallel.max_failures
+    exp = validate_experiment(raw, path.uri)
+    path.write_text(f"# best trial {best['trial_id']} of {spec.source}: {best['status']}\n" + to_yaml(exp))
+
+
+def table(summary: dict) -> str:
+    rows = summary["trials"]
+    keys = sorted({k for r in rows for k in r["params"]})
+    head = ["rank", *keys, "epochs", "val_acc", "to_target_s", "train_s", "status"]
+    lines = [head]
+    for r in rows:
+        fmt = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
+        lines.append([str(r["rank"]), *[fmt(r["params"].get(k)) for k in keys], str(r["epochs"]), fmt(r["val_accuracy"]),
+                      fmt(r["time_to_target_s"]), fmt(r["elapsed_s"]), str(r["status"])[:48]])
+    widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
+    out = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)

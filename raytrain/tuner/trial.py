@@ -1,0 +1,112 @@
+"""One search trial, as a Tune function trainable.
+
+A one-worker trial trains inside its Tune trial process (`TuneHost`): Tune reserves its CPUs and GPU
+fraction (`tune.with_resources`), persists its checkpoints (`tune.report(..., checkpoint=...)`), restores
+them (`tune.get_checkpoint()`), and reuses the process for the next trial (`reuse_actors`), so a trial
+costs about its own epochs. Its datasets are built once per process and data setting.
+
+A multi-worker (or `trial.isolate`) trial launches its own TorchTrainer (Train V2) and forwards its
+reports with `TuneReportCallback`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import ray
+import torch
+from ray import tune
+
+from raytrain import console, epochs
+from raytrain.errors import UserError
+from raytrain.tuner.spec import SearchConfig, SearchSpec
+
+RELEASE_WAIT_S = 30.0
+_datasets: dict = {}  # per trial process: (data info JSON, workers) -> Ingest, reused by the next trials
+
+
+def run_trial(config: dict, raw: dict, search_json: str, source: str) -> None:
+    """One trial: build its experiment, train it, report every epoch to Tune."""
+    from raytrain import trainer
+    from raytrain.data.ingest import build, steps_per_epoch
+    from raytrain.plan import RunPlan
+
+    started = time.monotonic()
+    console.attach()
+    spec = SearchSpec(raw, SearchConfig.model_validate_json(search_json), source)
+    try:
+        exp = spec.trial_experiment(config)
+        prep = trainer.preflight(exp)
+    except UserError as e:  # a combination the schema or the hardware refuses: skip it, keep searching
+        tune.report({"val_accuracy": 0.0, "val_loss": math.inf, "epoch": 0, "elapsed_s": 0.0,
+                     "stop_reason": f"skipped: {e}", **_span(started)})
+        return
+    key = (prep.info.to_json(), exp.parallel.workers, exp.parallel.pipeline.stages > 1)
+    if key not in _datasets:
+        _datasets[key] = build(exp, prep.info, prep.source)
+    ingest = _datasets[key]
+    plan = RunPlan(exp.model_dump_json(), prep.info.to_json(), steps_per_epoch(exp, prep.info), ingest.shards,
+                   launch_time=time.time(), mode="trial")
+    if spec.search.trial.in_trial:
+        from raytrain.hosts import TuneHost
+
+        device = torch.device("cuda", 0) if exp.parallel.use_gpu else torch.device("cpu")
+        epochs.run(_Spanned(TuneHost(ingest.datasets, device), started), plan)
+        return
+    _nested(exp, plan, ingest, started)
+
+
+class _Spanned:
+    """A host that adds the trial's monotonic start and report time to each report (overlap checks)."""
+
+    def __init__(self, host, started: float):
+        self.host, self.started = host, started
+
+    def __getattr__(self, name):
+        return getattr(self.host, name)
+
+    def report(self, metrics: dict, files) -> None:
+        self.host.report({**metrics, **_span(self.started)}, files)
+
+
+def _span(started: float) -> dict:
+    return {"trial_started_mono": started, "reported_mono": time.monotonic()}
+
+
+def _nested(exp, plan, ingest, started: float) -> None:
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from raytrain import storage
+    from raytrain.worker_group import build_trainer, root_cause
+
+    trial_dir = storage.resolve(tune.get_context().get_trial_dir())
+    fit = build_trainer(exp, plan, ingest, trial_dir, callbacks=[TuneReportCallback()])
+    try:
+        fit.fit()
+    except ray.train.TrainingFailedError as e:
+        raise RuntimeError(root_cause(e)) from None
+    finally:
+        wait_released(exp.parallel.workers, exp.parallel.bundle())
+
+
+def wait_released(workers: int, bundle: dict) -> None:
+    """Return only once this trial's workers' CPUs and GPUs are back (bounded), so the next trial's fit."""
+    deadline = time.monotonic() + RELEASE_WAIT_S
+    need = {k: v * workers for k, v in bundle.items() if k in ("CPU", "GPU")}
+    while time.monotonic() < deadline:
+        free = ray.available_resources()
+        if all(free.get(k, 0.0) >= v - 1e-6 for k, v in need.items()):
+            return
+        time.sleep(0.5)
+
+
+def trainable(spec: SearchSpec):
+    fn = tune.with_parameters(run_trial, raw=spec.raw, search_json=spec.search.model_dump_json(), source=spec.source)
+    t = spec.search.trial
+    if t.in_trial:  # the trial process is the worker: it holds the worker's resources itself
+        return tune.with_resources(fn, t.bundle())
+    # A nested trial's driver only waits: it reserves memory, not CPU (Tune refuses an empty request, and a
+    # fractional CPU would leave 1.98 CPUs for two 1-CPU trials: the second's workers would never fit).
+    return tune.with_resources(fn, {"memory": 256 * 1024**2})
+

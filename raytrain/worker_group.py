@@ -1,0 +1,77 @@
+"""A run's Ray Train worker group: the TorchTrainer (Train V2) around `raytrain.worker`, and its result.
+
+Ray Train persists checkpoints to the run's storage (any pyarrow filesystem, so s3:// and gs:// too) and
+restarts the group from the latest one on failure (`parallel.max_failures`). Rank 0 appends each epoch's
+row to metrics.jsonl itself once its report returned (`hosts.TrainHost`): the controller only sees reports
+it polled before a worker died, so a callback there would lose the last epoch's row to a crash.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import ray
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from raytrain import checkpoint as ckpt
+from raytrain import storage
+from raytrain.config import Experiment
+from raytrain.data.ingest import Ingest
+from raytrain.hosts import _location
+from raytrain.plan import RunPlan
+from raytrain.runtime import CONTROLLER_FAILURE_LIMIT
+from raytrain.worker import train_loop_per_worker
+
+COLLECTIVE_TIMEOUT_S = 120  # a rank that dies mid-collective fails the group within this, never hangs it
+COMPILE_COLLECTIVE_TIMEOUT_S = 900  # torch.compile's first step can keep a slow rank away that long
+
+
+def build_trainer(exp: Experiment, plan: RunPlan, ingest: Ingest, storage_root: storage.Location,
+                  factory: Optional[Callable] = None, callbacks: Optional[list] = None) -> TorchTrainer:
+    """The TorchTrainer for `exp`; checkpoints go to <storage_root>/train/checkpoint_*."""
+    par = exp.parallel
+    path, fs = storage_root.for_ray()
+    timeout = COMPILE_COLLECTIVE_TIMEOUT_S if exp.train.compile else COLLECTIVE_TIMEOUT_S
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"plan": plan.to_json(), "model_factory": factory},
+        torch_config=TorchConfig(backend="nccl" if par.use_gpu else "gloo", timeout_s=timeout),
+        scaling_config=ScalingConfig(num_workers=par.workers, use_gpu=par.use_gpu, resources_per_worker=par.bundle()),
+        run_config=RunConfig(
+            name=ckpt.RUN_STORAGE, storage_path=path, storage_filesystem=fs,
+            checkpoint_config=CheckpointConfig(num_to_keep=exp.checkpoint.keep),
+            failure_config=FailureConfig(max_failures=par.max_failures, controller_failure_limit=CONTROLLER_FAILURE_LIMIT),
+            logging_config=LoggingConfig(log_level="WARNING"),  # our epoch lines, not per-report INFO chatter
+            callbacks=list(callbacks or []),
+        ),
+        datasets=ingest.datasets,
+        dataset_config=DataConfig(datasets_to_split=ingest.split),  # materialised parts are cut per rank already
+    )
+
+
+def fit(exp: Experiment, plan: RunPlan, ingest: Ingest, run_dir: storage.Location,
+        factory: Optional[Callable]) -> tuple[dict, Optional[str], Optional[str]]:
+    """(final metrics, checkpoint URI, error) of the worker group's run."""
+    trainer = build_trainer(exp, plan, ingest, run_dir, factory)
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        return {}, None, root_cause(e)
+    cp = _location(result.checkpoint)
+    return dict(result.metrics or {}), cp.uri if cp else None, None
+
+
+def root_cause(e: Exception) -> str:
+    """The root cause in one line: for worker errors, the first failing rank's exception."""
+    cause = getattr(e, "controller_failure", None)
+    if cause is not None:  # e.g. the worker group could not be placed in time
+        lines = [ln for ln in str(cause).strip().splitlines() if ln.strip()]
+        return f"controller: {type(cause).__name__}: {lines[0] if lines else ''}"[:300]
+    failures = getattr(e, "worker_failures", None)
+    if failures:
+        rank, err = sorted(failures.items())[0]
+        lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+        return f"rank {rank}: {lines[-1] if lines else type(err).__name__}"[:300]
+    text = str(e).strip()
+    return next((ln for ln in text.splitlines() if ln.strip()), type(e).__name__)[:300]

@@ -1,0 +1,105 @@
+"""Helpers shared by the tests (fixtures live in conftest.py): one `make_exp`, metric rows, YAML files,
+free ports, and a real Ray head of the test's own."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import pytest
+
+def make_exp(d: dict, **patch):
+    """A validated Experiment from a dict, with `a__b=value` patches applied to key a.b."""
+    import json
+
+    from raytrain.configio import set_dotted, validate_experiment
+
+    d = json.loads(json.dumps(d))
+    for dotted, value in patch.items():
+        set_dotted(d, dotted.replace("__", "."), value)
+    return validate_experiment(d, "test")
+
+
+def metric_rows(run_dir) -> list[dict]:
+    """The per-epoch rows of a run's metrics.jsonl (a local path or a URI)."""
+    from raytrain.hosts import read_rows
+    from raytrain.storage import resolve
+
+    return read_rows(resolve(str(run_dir)))
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def head(tmp_path: Path, extra_args: tuple = (), extra_env: dict | None = None, port: int | None = None,
+          num_cpus: int = 2):
+    """A real Ray head (`ray start --head --block`) on free ports, dashboard on 127.0.0.1, token auth on,
+    in its own process group, with its own token. Yields (gcs_address, dashboard_url, env for clients — holding
+    RAY_AUTH_TOKEN_PATH —, head log path); on exit
+    stops this head and everything it started (the group: GCS, raylets, autoscaler, fake nodes) and
+    nothing else."""
+    import shutil
+    import signal
+    import subprocess
+    import secrets
+    import sys
+    import time
+
+    ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
+    port, dash = port or free_port(), free_port()
+    # `ray start` with token auth needs an existing token (only `ray.init()` makes one): this head gets
+    # its own, so the test depends on nothing in ~/.ray; clients read it from RAY_AUTH_TOKEN_PATH.
+    token = tmp_path / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    # Jobs run the head's PATH python: start the head from this environment, as the README says.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "RAY_DATA_LOG_LEVEL": "WARNING",
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+           **(extra_env or {})}
+    cmd = [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", f"--num-cpus={num_cpus}",
+           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={free_port()}",
+           f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
+           "--disable-usage-stats", *extra_args]
+    log_path = tmp_path / "head.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True)
+    address, url = f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.monotonic() + 60
+        while "Ray runtime started" not in log_path.read_text():
+            assert proc.poll() is None, log_path.read_text()[-2000:]
+            if time.monotonic() > deadline:
+                pytest.fail("ray head did not start within 60 s")
+            time.sleep(0.5)
+        yield address, url, {**env, "RAY_ADDRESS": address}, log_path
+    finally:
+        try:  # the whole group: GCS, raylet, dashboard, autoscaler, fake nodes — ours, and only ours
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=0.5)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass  # `ray start --block` often outlives SIGTERM by >10 s here (3 s waits never sufficed): not worth waiting for
+        try:  # whatever of it is still up
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+        log.close()
+        # `ray start` recorded this head as "the current cluster"; don't leave later drivers pointing at it.
+        current = Path("/tmp/ray/ray_current_cluster")
+        if current.is_file() and current.read_text().strip().endswith(f":{port}"):
+            current.unlink()
