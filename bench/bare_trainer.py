@@ -1,7 +1,7 @@
 """The floor under `raytrain train`'s start-up: a bare Ray Train V2 TorchTrainer (2 workers, an empty
 function, no raytrain code, no data) from process start to the function's first line.
 
-Run by bench/run.py in a fresh process; prints one JSON line.
+Run by bench.startup in a fresh process (python -m bench.bare_trainer); prints one JSON line.
 """
 
 import json

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import torch
 
 from raytrain.data import prepare
+from raytrain.storage import local_cache_root
 from raytrain.loop import SchedulerStepper, StepEnv, train_epoch
 from raytrain.models import build_model
 from raytrain.optim import build_optimizer
@@ -31,7 +32,7 @@ def _rank_rate(exp_json: str, independent: bool = False) -> dict:
     exp = Experiment.model_validate_json(exp_json)
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
-    info = prepare(exp.data, exp.seed, Path(exp.output) / ".cache" / "data")
+    info = prepare(exp.data, exp.seed, local_cache_root(exp.output) / "data")
     t = pq.read_table(info.train_path)
     x = torch.from_numpy(np.stack(t.column("x").to_numpy(zero_copy_only=False)).astype(np.float32)).reshape(-1, *info.in_shape)
     y = torch.from_numpy(t.column("y").to_numpy())

@@ -1,5 +1,3 @@
-import sys
+from raytrain.cli import entry
 
-from raytrain.cli import main
-
-sys.exit(main())
+entry()

@@ -19,6 +19,9 @@ TRAIN_ENV = {
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
 }
 DATA_ENV = {"RAY_DATA_LOG_LEVEL": "WARNING"}  # one "Starting execution..." per epoch per split otherwise
+# Tune forces an experiment snapshot whenever a trial checkpointed `num_to_keep` times since the last one and
+# warns each time; epochs of a few seconds make that every report. The snapshots stay; the warning goes.
+TUNE_ENV = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
 
 
 def train_constants_module():
@@ -44,5 +47,5 @@ def autoscaler_util():
 
 
 def set_env_defaults() -> None:
-    for key, value in {**TRAIN_ENV, **DATA_ENV}.items():
+    for key, value in {**TRAIN_ENV, **DATA_ENV, **TUNE_ENV}.items():
         os.environ.setdefault(key, value)

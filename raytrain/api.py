@@ -91,7 +91,9 @@ def _check_storage(output: str, resume: Optional[PathLike]) -> None:
 def _preflight(exp: Experiment, model: Optional[Callable]):
     from raytrain import trainer  # torch, Ray Train, Ray Data: imported on this thread while Ray starts
 
-    return trainer.preflight(exp, model)
+    prepared = trainer.preflight(exp, model)
+    trainer.warm_up()
+    return prepared
 
 
 def factory_name(fn: Callable) -> str:

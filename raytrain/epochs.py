@@ -94,9 +94,11 @@ def epochs(mode, host: Host, plan: RunPlan, marks: dict) -> None:
         state.elapsed_s += epoch_s
         state.epoch = epoch
         metrics = {**epoch_metrics(epoch, tr, va, train_s, epoch_s, host.world, state), **mode.labels()}
-        if epoch == start and plan.launch_time:
-            metrics["first_step_s"] = first_step_at - plan.launch_time
-            metrics.update({f"startup_{k}_s": t - plan.launch_time for k, t in marks.items()})
+        if plan.launch_time:  # the user's wait: seconds since the command (or API call) started
+            metrics["since_launch_s"] = time.time() - plan.launch_time
+            if epoch == start:
+                metrics["first_step_s"] = first_step_at - plan.launch_time
+                metrics.update({f"startup_{k}_s": t - plan.launch_time for k, t in marks.items()})
         stop = stop_reason(state, epoch, metrics)
         final = stop is not None or epoch == exp.train.epochs - 1
         if final:
@@ -132,6 +134,8 @@ def stop_reason(state, epoch: int, metrics: dict) -> Optional[str]:
     reason = stopper.update(epoch, float(metrics[stopper.cfg.metric]), state.elapsed_s)
     if stopper.target_epoch is not None:
         metrics.update(time_to_target_s=stopper.target_seconds, time_to_target_epochs=stopper.target_epoch)
+        if stopper.target_epoch == epoch + 1 and "since_launch_s" in metrics:
+            metrics["time_to_target_since_launch_s"] = metrics["since_launch_s"]
     return reason
 
 

@@ -36,7 +36,7 @@ def scoped_env(values: dict):
 
 def ray_env() -> dict:
     """What every Ray process of ours must inherit: bounded Ray Train waits, quiet Ray Data."""
-    return {**_ray_compat.TRAIN_ENV, **_ray_compat.DATA_ENV}
+    return {**_ray_compat.TRAIN_ENV, **_ray_compat.DATA_ENV, **_ray_compat.TUNE_ENV}
 
 
 @contextmanager

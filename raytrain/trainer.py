@@ -52,6 +52,12 @@ def preflight(exp: Experiment, factory: Optional[Callable] = None) -> Prepared:
     return Prepared(exp, info, source)
 
 
+def warm_up() -> None:
+    """The first torch.optim constructor imports torch._dynamo (~0.8 s here): do it on the preflight thread,
+    while ray.init waits for its processes, instead of in the in-process worker's model setup."""
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+
 def check_model_fits(exp: Experiment, info: data_mod.DataInfo, factory: Optional[Callable] = None) -> None:
     if info.n_train < exp.parallel.workers:
         raise UserError(f"parallel.workers {exp.parallel.workers}: more workers than training examples ({info.n_train})")

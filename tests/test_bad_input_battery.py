@@ -75,17 +75,19 @@ CASES = {
     # experiment YAML
     "yaml unknown top key": (lambda t: _exp(t, trainn={}), "trainn: unknown key"),
     "yaml unknown nested key": (lambda t: _exp(t, train__optimzer={}), "train.optimzer: unknown key"),
-    "yaml wrong type": (lambda t: _exp(t, train__epochs="five"), "train.epochs"),
-    "yaml negative lr": (lambda t: _exp(t, train__optimizer={"lr": -1}), "train.optimizer.lr"),
+    "yaml wrong type": (lambda t: _exp(t, train__epochs="five"), "train.epochs: Input should be a valid integer"),
+    "yaml negative lr": (lambda t: _exp(t, train__optimizer={"lr": -1}), "train.optimizer.lr: Input should be greater than 0"),
     "yaml syntax": (lambda t: ["train", _yaml(t, "e.yaml", "train: {epochs: [1,\n")], "not valid YAML"),
     "yaml not a mapping": (lambda t: ["train", _yaml(t, "e.yaml", "- 1\n- 2\n")], "top level must be a mapping"),
     "yaml missing file": (lambda t: ["train", str(t / "nope.yaml")], "nope.yaml: file not found"),
-    "yaml batch vs workers": (lambda t: _exp(t, train__batch_size=65, parallel__workers=2), "train.batch_size 65"),
+    "yaml batch vs workers": (lambda t: _exp(t, train__batch_size=65, parallel__workers=2),
+                              "train.batch_size 65 must be divisible by parallel.workers 2"),
     "yaml fp16 on cpu": (lambda t: _exp(t, train__precision="fp16"), "train.precision fp16"),
     "yaml pipeline 1f1b": (lambda t: _exp(t, parallel__workers=2, parallel__pipeline={"stages": 2, "microbatches": 1}),
                            "parallel.pipeline.microbatches 1"),
-    "yaml warmup": (lambda t: _exp(t, train__schedule={"name": "cosine", "warmup_epochs": 2}), "warmup_epochs"),
-    "yaml bad run name": (lambda t: _exp(t, name="../x"), "name"),
+    "yaml warmup": (lambda t: _exp(t, train__schedule={"name": "cosine", "warmup_epochs": 2}),
+                    "train.schedule.warmup_epochs 2.0 must be shorter than train.epochs 1"),
+    "yaml bad run name": (lambda t: _exp(t, name="../x"), "name: String should match pattern"),
     # --set overrides
     "set without =": (lambda t: _exp(t) + ["--set", "train.epochs"], "--set train.epochs: expected key.path=value"),
     "set unknown key": (lambda t: _exp(t) + ["--set", "train.epohcs=3"], "train.epohcs: unknown key"),
@@ -94,7 +96,8 @@ CASES = {
     # search spec
     "spec unknown key": (lambda t: _spec(t, sampels=2), "search.sampels: unknown key"),
     "spec grace > max_t": (lambda t: _spec(t, asha={"max_t": 2, "grace_period": 3}), "grace_period 3 exceeds max_t 2"),
-    "spec unknown space key": (lambda t: _spec(t, space={"train.lrr": {"grid": [1]}}), "train.lrr"),
+    "spec unknown space key": (lambda t: _spec(t, space={"train.lrr": {"grid": [1]}}),
+                               "search.space.train.lrr: value 1 rejected: train.lrr: unknown key"),
     "spec rejected value": (lambda t: _spec(t, space={"train.epochs": {"grid": [0]}}), "search.space.train.epochs: value 0"),
     "spec bad kind": (lambda t: _spec(t, space={"train.optimizer.lr": {"normal": [0, 1]}}), "give exactly one of grid"),
     # Parquet data
@@ -102,15 +105,17 @@ CASES = {
                                        "data.features: column 'x' not in"),
     "parquet missing label column": (lambda t: _parquet(t, pa.table({"x": _good_x(), "c": pa.array(np.arange(8) % 2)})),
                                      "data.label: column 'y' not in"),
-    "parquet label dtype": (lambda t: _parquet(t, pa.table({"x": _good_x(), "y": pa.array(["a"] * 8)})), "y"),
+    "parquet label dtype": (lambda t: _parquet(t, pa.table({"x": _good_x(), "y": pa.array(["a"] * 8)})),
+                            "data.label: column 'y' must hold integer class ids, not string"),
     "parquet feature dtype": (lambda t: _parquet(t, pa.table({"x": pa.array(["s"] * 8), "y": pa.array(np.arange(8) % 2)})),
-                              "x"),
+                              "data.features: column 'x' must hold arrays or lists of numbers, not string"),
     "parquet ragged": (lambda t: _parquet(t, pa.table({"x": pa.array([[1.0]] * 7 + [[1.0, 2.0]]),
                                                        "y": pa.array(np.arange(8) % 2)})), "is ragged"),
     "parquet empty": (lambda t: _parquet(t, pa.table({"x": pa.array([], pa.list_(pa.float32())), "y": pa.array([], pa.int64())})),
                       "dataset is empty"),
     "parquet not parquet": (lambda t: _parquet(t, text="a,b\n1,2\n"), "not a readable Parquet file"),
-    "parquet missing file": (lambda t: _validate(t, data={"dataset": "parquet", "path": str(t / "gone.parquet")}), "gone.parquet"),
+    "parquet missing file": (lambda t: _validate(t, data={"dataset": "parquet", "path": str(t / "gone.parquet")}),
+                             "gone.parquet: no such file or directory"),
     # user model
     "model missing module": (lambda t: _validate(t, model={"name": "no_such_pkg.models:net"}), "cannot import no_such_pkg.models"),
     "model missing function": (lambda t: _validate(t, model={"name": "usermodels:nope"}), "has no function nope"),
@@ -118,15 +123,18 @@ CASES = {
     "model not a module": (lambda t: _validate(t, model={"name": "usermodels:not_a_module"}), "not a torch.nn.Module"),
     "model wrong output": (lambda t: _validate(t, model={"name": "usermodels:wrong_output"}), "expected (batch, 10)"),
     "model too many stages": (lambda t: _validate(t, model={"name": "usermodels:tiny"}, parallel={"workers": 8, "pipeline":
-                              {"stages": 8, "microbatches": 8}}, train={"batch_size": 64, "epochs": 1}), "parallel.pipeline.stages"),
+                              {"stages": 8, "microbatches": 8}}, train={"batch_size": 64, "epochs": 1}),
+                              "parallel.pipeline.stages: 8 stage(s) but the model has only 4 top-level blocks"),
     # cluster YAMLs
-    "cluster unknown field": (lambda t: _cluster(t, "aws-gpu.yaml", lambda d: d.update(max_worker=3)), "max_worker"),
+    "cluster unknown field": (lambda t: _cluster(t, "aws-gpu.yaml", lambda d: d.update(max_worker=3)),
+                              "'max_worker' was unexpected"),
     "cluster open GCS": (lambda t: _cluster(t, "aws-gpu.yaml", _open_6379), "on 6379 (GCS)"),
     "cluster gpu mismatch": (lambda t: _cluster(t, "kuberay-gpu.yaml", lambda d: d["spec"]["workerGroupSpecs"][0]
-                                                ["rayStartParams"].update({"num-gpus": "2"})), "num-gpus"),
+                                                ["rayStartParams"].update({"num-gpus": "2"})),
+                             "rayStartParams.num-gpus: 2 but"),
     # run folders
     "export not a run": (lambda t: ["export", str(t)], "not a raytrain run folder"),
-    "report not a search": (lambda t: ["report", str(t / "nothing")], "nothing"),
+    "report not a search": (lambda t: ["report", str(t / "nothing")], "nothing: no search.json"),
 }
 
 
@@ -145,10 +153,6 @@ def _snapshot(root: Path) -> dict:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_battery_is_large_enough():
-    assert len(CASES) >= 30
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_one_line_exit_2(name, tmp_path, capsys, earlier_run):
     make, culprit = CASES[name]
@@ -162,3 +166,71 @@ def test_bad_input_one_line_exit_2(name, tmp_path, capsys, earlier_run):
     assert "Traceback" not in out + err
     assert _snapshot(earlier_run) == before
     assert sorted(p.name for p in (tmp_path / "runs" / "b").iterdir()) == [earlier_run.name]  # no new run folder
+
+
+# --------------------------------------------------------------------------- where a run folder already exists
+# The same invariant where it can break: a real finished run, and inputs that are only refused once Ray is up
+# (resource checks), on --resume (which writes into the run folder), or after reading Parquet footers.
+
+@pytest.fixture(scope="module")
+def real_run(ray_local, tmp_path_factory):
+    """A real finished run (one epoch, in-process): every case below must leave it exactly as it was."""
+    from raytrain import trainer
+    from raytrain.configio import load_experiment
+
+    root = tmp_path_factory.mktemp("real")
+    exp = root / "exp.yaml"
+    exp.write_text(yaml.safe_dump({**EXP, "output": str(root / "runs")}))
+    summary = trainer.run(load_experiment(exp))
+    assert summary["status"] == "completed", summary
+    return root, Path(summary["run_dir"]), exp
+
+
+def _parquet_dir_with_a_corrupt_file(root: Path) -> Path:
+    d = root / "parts"
+    if not d.is_dir():
+        d.mkdir()
+        for i in range(4):
+            pq.write_table(pa.table({"x": _good_x(16), "y": pa.array(np.arange(16) % 2)}), d / f"part-000{i}.parquet")
+        (d / "part-0002.parquet").write_bytes(b"PAR1" + b"\x00" * 64)  # torn mid-directory
+    return d
+
+
+def _parquet_exp(root: Path, ingest: str) -> str:
+    path = root / f"parquet-{ingest}.yaml"
+    data = {"dataset": "parquet", "path": str(_parquet_dir_with_a_corrupt_file(root)), "features": "x", "label": "y",
+            "ingest": ingest}
+    path.write_text(yaml.safe_dump({**EXP, "output": str(root / "runs"), "data": data}))
+    return str(path)
+
+
+RUN_CASES = {
+    "resume with a bad override": (lambda root, run, exp: ["train", str(exp), "--resume", str(run), "--set", "train.epochs=0"],
+                                   "train.epochs: Input should be greater than or equal to 1"),
+    "resume asking more CPUs than the cluster has": (
+        lambda root, run, exp: ["train", str(exp), "--resume", str(run), "--set", "parallel.workers=4"],
+        "4 worker(s) need 4 CPU but the cluster has 2"),
+    "resume asking a GPU the cluster lacks": (
+        lambda root, run, exp: ["train", str(exp), "--resume", str(run), "--set", "parallel.use_gpu=true"],
+        "parallel.use_gpu: 1 worker(s) need 1 GPU but the cluster has 0"),
+    "new run asking more CPUs than the cluster has": (lambda root, run, exp: ["train", str(exp), "--set", "parallel.workers=4"],
+                                                      "4 worker(s) need 4 CPU but the cluster has 2"),
+    "resume onto corrupt Parquet": (lambda root, run, exp: ["train", _parquet_exp(root, "materialize"), "--resume", str(run)],
+                                    "not a readable Parquet file"),
+    "stream a folder with a corrupt file": (lambda root, run, exp: ["train", _parquet_exp(root, "stream")],
+                                            "data.path: " + "{root}/parts/part-0002.parquet is not a readable Parquet file"),
+}
+
+
+@pytest.mark.parametrize("name", list(RUN_CASES))
+def test_refused_where_a_run_exists_leaves_it_untouched(name, real_run, capsys):
+    root, run, exp = real_run
+    make, culprit = RUN_CASES[name]
+    before = _snapshot(run)
+    assert main(make(root, run, exp)) == 2
+    out, err = capsys.readouterr()
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and culprit.format(root=root) in lines[0], err
+    assert "Traceback" not in out + err
+    assert _snapshot(run) == before  # not even a config.resume-*.yaml
+    assert [p.name for p in run.parent.iterdir()] == [run.name]  # no new run folder

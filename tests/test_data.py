@@ -18,12 +18,23 @@ from raytrain.data import MNIST_FILES, load_mnist, prepare
 from raytrain.errors import UserError
 
 
+def _rows(path: str) -> list[tuple]:
+    """Each example as (its pixels' bytes, its label), in file order."""
+    t = pq.read_table(path)
+    x = np.stack(t.column("x").to_numpy(zero_copy_only=False)).reshape(t.num_rows, -1)
+    return [(row.tobytes(), label) for row, label in zip(x, t.column("y").to_pylist())]
+
+
 def test_digits_split_is_seeded_and_complete(tmp_path):
-    a = prepare(DataConfig(dataset="digits"), 0, tmp_path)
-    b = prepare(DataConfig(dataset="digits"), 0, tmp_path)
-    assert a == b and a.n_train + a.n_val == 1797 and a.in_shape == (1, 8, 8) and a.num_classes == 10
+    a = prepare(DataConfig(dataset="digits"), 0, tmp_path / "one")
+    b = prepare(DataConfig(dataset="digits"), 0, tmp_path / "two")  # prepared again, from scratch, elsewhere
+    assert a.n_train + a.n_val == 1797 and a.in_shape == (1, 8, 8) and a.num_classes == 10
+    assert _rows(a.train_path) == _rows(b.train_path) and _rows(a.val_path) == _rows(b.val_path)
     t = pq.read_table(a.train_path)
     assert t.num_rows == a.n_train and set(t.column_names) == {"x", "y"}
+    other = prepare(DataConfig(dataset="digits"), 1, tmp_path / "one")  # another seed: other rows held out
+    assert _rows(other.val_path) != _rows(a.val_path)
+    assert sorted(_rows(other.train_path) + _rows(other.val_path)) == sorted(_rows(a.train_path) + _rows(a.val_path))
     up = prepare(DataConfig(dataset="digits", upscale=4), 0, tmp_path)
     assert up.in_shape == (1, 32, 32)
 

@@ -42,7 +42,7 @@ def _accuracy(model: torch.nn.Module, exp) -> float:
         return int((model.eval()(x).argmax(1) == y).sum()) / len(y)
 
 
-def test_stage_checkpoints_resume_and_export(ray_local, exp_dict, tmp_path):
+def test_stage_checkpoints_resume_and_export(ray_local, exp_dict, tmp_path, capsys):
     first = trainer.run(_exp(exp_dict, train__epochs=2))
     assert first["status"] == "completed", first
     run_dir = Path(first["run_dir"])
@@ -64,6 +64,19 @@ def test_stage_checkpoints_resume_and_export(ray_local, exp_dict, tmp_path):
     model.load_state_dict(torch.load(out, weights_only=True))  # an ordinary, unsplit state_dict
     assert _accuracy(model, exp) == pytest.approx(final["val_accuracy"], abs=1e-9)
     assert main(["export", str(run_dir), "--out", str(out)]) == 2  # never overwrites
+
+    # One stage's shard of the newest checkpoint torn: export falls back to the previous checkpoint, and on
+    # resume both stages agree on that one (epoch 3 redone by every stage, not by one of them).
+    newest = Path(second["checkpoint"])
+    previous = sorted(p for p in newest.parent.glob("checkpoint_*") if p.is_dir() and p.name < newest.name)[-1]
+    (newest / "stage_1.pt").write_bytes(b"\x00torn")
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="stage_1.pt: checksum mismatch"):
+        assert main(["export", str(run_dir), "--out", str(tmp_path / "previous.pt")]) == 0
+    assert f"from {previous}" in capsys.readouterr().out
+    third = trainer.run(_exp(exp_dict, train__epochs=4), resume=run_dir)
+    assert third["status"] == "completed", third
+    assert [json.loads(r)["epoch"] for r in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 3, 4]
 
 
 def test_failing_stage_fails_the_run_not_hangs(ray_local, exp_dict):

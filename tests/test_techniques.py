@@ -90,9 +90,27 @@ def test_autocast_dtype_seen_inside_model():
         assert seen[-1] == dtype
 
 
-def test_auto_precision_resolves_to_a_supported_dtype():
-    assert resolve_precision("auto", CPU) in ("bf16", "fp32")
-    assert resolve_precision("fp32", CPU) == "fp32"
+@pytest.mark.parametrize("device,native_bf16,pipeline,expected", [
+    ("cpu", True, False, "bf16"), ("cpu", False, False, "fp32"),
+    ("cuda", True, False, "bf16"), ("cuda", False, False, "fp16"),  # V100/T4: fp16 + GradScaler, not emulated bf16
+    ("cuda", False, True, "fp32"),  # pipelines never take fp16 (no GradScaler across stages)
+])
+def test_auto_precision_follows_the_device(device, native_bf16, pipeline, expected, monkeypatch):
+    from raytrain.techniques import precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native_bf16)
+    monkeypatch.setattr(precision, "cuda_has_native_bf16", lambda: native_bf16)
+    assert resolve_precision("auto", torch.device(device), pipeline=pipeline) == expected
+    assert resolve_precision("fp32", torch.device(device)) == "fp32"
+
+
+def test_cuda_bf16_probe_excludes_emulation(monkeypatch):
+    from raytrain.techniques import precision
+
+    seen = {}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: seen.setdefault("arg", including_emulation))
+    precision.cuda_has_native_bf16()
+    assert seen["arg"] is False
 
 
 def test_grad_scaler_skips_step_with_inf_gradient():
@@ -183,15 +201,46 @@ def test_structured_pruning_equals_dense_with_channels_masked(name):
     assert ratio < 0.35, ratio
 
 
+def _kept(dense_w: torch.Tensor, pruned_w: torch.Tensor) -> tuple[list[int], list[int]]:
+    """(kept output channels, kept input channels) of a pruned layer, found by looking each pruned kernel slice
+    up among the dense layer's (random weights: every slice is unique; pruning keeps the channel order)."""
+    d = dense_w.detach().reshape(dense_w.shape[0], dense_w.shape[1], -1)
+    p = pruned_w.detach().reshape(pruned_w.shape[0], pruned_w.shape[1], -1)
+    where = {d[j, i].numpy().tobytes(): (j, i) for j in range(d.shape[0]) for i in range(d.shape[1])}
+    return ([where[p[r, 0].numpy().tobytes()][0] for r in range(p.shape[0])],
+            [where[p[0, k].numpy().tobytes()][1] for k in range(p.shape[1])])
+
+
 @pytest.mark.parametrize("name", ["resnet", "mobilenet"])
 def test_structured_pruning_through_residual_and_depthwise(name):
-    model = build_model(name, (1, 16, 16), 10)
-    before = sum(p.numel() for p in model.parameters())
-    flops_before = pruning.forward_flops(model, (1, 16, 16))
-    pruning.apply_structured_pruning(model, 0.5, torch.zeros(1, 1, 16, 16))
-    assert model(torch.randn(2, 1, 16, 16)).shape == (2, 10)
-    assert sum(p.numel() for p in model.parameters()) < 0.4 * before
-    assert pruning.forward_flops(model, (1, 16, 16)) < 0.4 * flops_before
+    """The oracle of the mlp/cnn test, through residual adds, BatchNorm and depthwise convolutions: the pruned
+    model equals the dense one with every removed channel silenced where it is consumed (the input slices of
+    each following convolution or linear layer zeroed)."""
+    torch.manual_seed(0)
+    dense = build_model(name, (1, 16, 16), 10).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so a channel mix-up cannot hide
+        for m in dense.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_()
+                m.bias.normal_()
+    pruned = copy.deepcopy(dense)
+    pruning.apply_structured_pruning(pruned, 0.5, torch.zeros(1, 1, 16, 16))
+    masked = copy.deepcopy(dense)
+    kinds = (nn.Conv2d, nn.Linear)
+    pairs = [(d, p, m) for d, p, m in zip(dense.modules(), pruned.modules(), masked.modules()) if isinstance(d, kinds)]
+    for d, p, m in pairs:
+        if isinstance(d, nn.Conv2d) and d.groups > 1:
+            continue  # depthwise: channel by channel, nothing mixes in
+        _, kept_in = _kept(d.weight, p.weight)
+        removed = sorted(set(range(d.weight.shape[1])) - set(kept_in))
+        with torch.no_grad():
+            m.weight[:, removed] = 0
+    x = torch.randn(4, 1, 16, 16)
+    assert_close(pruned.eval()(x), masked.eval()(x), rtol=1e-4, atol=1e-4)
+    assert sum(p.numel() for p in pruned.parameters()) < 0.4 * sum(p.numel() for p in dense.parameters())
+    assert pruning.forward_flops(pruned, (1, 16, 16)) < 0.4 * pruning.forward_flops(dense, (1, 16, 16))
 
 
 def test_pruned_checkpoint_restores_into_fresh_model(tmp_path):

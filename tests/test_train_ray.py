@@ -93,6 +93,7 @@ def test_impossible_resources_refused_fast(ray_local, exp_dict, patch, msg):
     with pytest.raises(UserError, match=msg.replace("(", r"\(").replace(")", r"\)")):
         trainer.run(make_exp(exp_dict, **patch))
     assert time.monotonic() - t0 < 30
+    assert not list(Path(exp_dict["output"]).glob("t/*"))  # nothing created: no run folder
 
 
 def test_resume_of_non_run_dir_refused(ray_local, exp_dict, tmp_path):

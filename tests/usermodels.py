@@ -1,5 +1,6 @@
 """User-model fixtures for "package.module:function" model specs (importable from tests/)."""
 
+import torch
 from torch import nn
 
 
@@ -69,3 +70,27 @@ def failing_last_stage(in_shape, num_classes):
     for s in in_shape:
         n *= s
     return nn.Sequential(nn.Flatten(), nn.Linear(n, 32), nn.ReLU(), _Boom(5), nn.Linear(32, num_classes))
+
+
+PID_FILE = "/tmp/raytrain-test-big-state.pid"  # the process that built `big_state` last
+
+
+class _Ballast(nn.Module):
+    """`tiny` plus a large persistent buffer, so every checkpoint takes a while to copy (a window to kill in)."""
+
+    def __init__(self, in_shape, num_classes, floats: int):
+        super().__init__()
+        self.net = tiny(in_shape, num_classes)
+        self.register_buffer("ballast", torch.zeros(floats))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def big_state(in_shape, num_classes):
+    """A model whose checkpoint is ~400 MB; records the PID of the process that trains it."""
+    import os
+
+    with open(PID_FILE, "w") as f:
+        f.write(str(os.getpid()))
+    return _Ballast(in_shape, num_classes, 100_000_000)

@@ -73,9 +73,8 @@ def build_tuner(spec: SearchSpec, run_dir: Location, resume: bool = False) -> tu
     fn = trainable(spec)
     path, fs = run_dir.for_ray()
     if resume:
-        return tune.Tuner.restore(str(run_dir / TUNE_DIR) if not run_dir.remote else f"{run_dir.uri}/{TUNE_DIR}",
-                                  trainable=fn, resume_unfinished=True, resume_errored=False, restart_errored=False,
-                                  storage_filesystem=fs)
+        return tune.Tuner.restore((run_dir / TUNE_DIR).path, trainable=fn, resume_unfinished=True,
+                                  resume_errored=False, restart_errored=False, storage_filesystem=fs)
     return tune.Tuner(
         fn,
         param_space=spec.param_space(),

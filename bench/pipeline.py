@@ -1,4 +1,4 @@
-"""Pipeline benchmark (`python bench/run.py --only pipeline`): memory per stage against the whole model,
+"""Pipeline benchmark (`python -m bench --only pipeline`): memory per stage against the whole model,
 and step time of GPipe vs 1F1B vs no pipeline at M = 2, 4, 8, 16 micro-batches, with the bubble
 theory (K-1)/(M+K-1) beside a measured idle fraction.
 
@@ -133,3 +133,18 @@ def run() -> dict:
             print(rows[-1], flush=True)
     return {"model": MODEL, "input": list(SHAPE), "batch": BATCH, "stages": STAGES,
             "no_pipeline": {**whole, "threads": base_threads}, "rows": rows}
+
+
+def rows(p: dict) -> list[tuple[str, str, str]]:
+    if not p:
+        return []
+    by = {(r["schedule"], r["microbatches"]): r for r in p["rows"]}
+    mem = [f"{s} M={m}: {by[(s, m)]['max_stage_activation_ratio']:.2f}" for s, m in (("gpipe", 8), ("1f1b", 8)) if (s, m) in by]
+    out = [(f"pipeline K=2 ({p['model']}, batch {p['batch']}): largest stage vs whole model, params / peak activations",
+            f"**{max(r['max_stage_param_ratio'] for r in p['rows']):.2f}** / **{'**, **'.join(mem)}**", "≤0.55")]
+    for s in ("gpipe", "1f1b"):
+        cells = ", ".join(f"M={r['microbatches']}: {r['step_vs_no_pipeline']:.2f}× (bubble {r['bubble_theory']:.2f}, "
+                          f"idle {r['idle_fraction_measured']:.2f})" for r in p["rows"] if r["schedule"] == s)
+        out.append((f"pipeline {s} step time vs no pipeline (theory bubble, measured idle)", cells,
+                    "report (2 cores: not faster)"))
+    return out

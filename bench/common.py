@@ -1,0 +1,91 @@
+"""What the bench sections share: paths, a small experiment factory, the CLI run as a user runs it, medians."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+OUT = ROOT / "runs" / "bench"
+
+
+def mnist_available() -> bool:
+    from raytrain.data.mnist import MNIST_FILES, default_dir
+
+    d = default_dir()
+    return all((d / n).is_file() or (d / f"{n}.gz").is_file() for n in MNIST_FILES.values())
+
+
+def bench_data() -> dict:
+    """MNIST when its files are at the standard location (real-sized epochs), else digits upscaled to 32x32."""
+    return {"dataset": "mnist"} if mnist_available() else {"dataset": "digits", "upscale": 4}
+
+
+def experiment(**patch):
+    from raytrain.configio import set_dotted, validate_experiment
+
+    base = {
+        "name": "bench", "seed": 0, "data": {"dataset": "digits", "upscale": 4},
+        "model": {"name": "cnn"}, "output": str(OUT),
+        "train": {"epochs": 4, "batch_size": 64, "precision": "fp32", "channels_last": False,
+                  "optimizer": {"name": "sgd", "lr": 0.05}},
+        "parallel": {"workers": 1, "cpus_per_worker": 1},
+    }
+    for dotted, value in patch.items():
+        set_dotted(base, dotted.replace("__", "."), value)
+    return validate_experiment(base, "bench")
+
+
+def rows_of(summary: dict) -> list[dict]:
+    from raytrain.hosts import read_rows
+    from raytrain.storage import resolve
+
+    return read_rows(resolve(summary["run_dir"]))
+
+
+def steady(values: list[float]) -> float:
+    """Median over epochs after the first (the first pays for warm-up and lazy init)."""
+    return statistics.median(values[1:] if len(values) > 1 else values)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def cli(verb: str, *args: str, env: dict | None = None, timeout: float = 3600) -> dict:
+    """`raytrain VERB ARGS` as a user runs it (the installed console script, a fresh process): its summary
+    (--summary-json), the process's own wall time from start to exit, and its exit code."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "summary.json"
+        cmd = [str(Path(sys.executable).parent / "raytrain"), verb, *args, "--summary-json", str(out)]
+        t0 = time.time()
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                              env={**os.environ, **(env or {})})
+        wall = time.time() - t0
+        summary = json.loads(out.read_text()) if out.is_file() else {}
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(f"raytrain {verb} {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return {"summary": summary, "process_wall_s": wall, "exit_code": proc.returncode, "stdout": proc.stdout[-4000:]}
+
+
+def module(name: str, *args: str, timeout: float = 3600) -> tuple[dict, float]:
+    """`python -m bench.NAME ARGS` in a fresh process: (its last stdout line as JSON, process wall time)."""
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", f"bench.{name}", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+    wall = time.time() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench.{name} failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1]), wall
+
+
+def load(name: str):
+    p = RESULTS / f"{name}.json"
+    return json.loads(p.read_text()) if p.is_file() else None
