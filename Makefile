@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-fast bench gpu-check clean
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -19,8 +19,18 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+test-fast: $(STAMP)  # everything that starts no Ray: the inner loop while editing
+	$(PY) -m pytest -q -m "not ray"
+
 bench: $(STAMP)
-	$(PY) bench/run.py
+	$(PY) -m bench
+
+# On a GPU host (Python with a CUDA torch, see README "On a GPU host"): the gpu tests and the GPU bench rows,
+# written to bench/results/gpu.json with the GPU's name. PYTHON= overrides the interpreter (the host's own).
+PYTHON ?= $(PY)
+gpu-check:
+	$(PYTHON) -m pytest -q -m gpu -p no:cacheprovider -rs
+	$(PYTHON) -m bench --only gpu
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,10 +1,11 @@
-"""The floor under `raytrain train`'s start-up: a bare Ray Train V2 TorchTrainer (2 workers, an empty
-function, no raytrain code, no data) from process start to the function's first line.
+"""The floor under a worker group's start-up: a bare Ray Train V2 TorchTrainer (an empty function, no raytrain
+code, no data) from process start to the function's first line.
 
-Run by bench.startup in a fresh process (python -m bench.bare_trainer); prints one JSON line.
+    python -m bench.bare_trainer [--workers 2] [--gpu]      # prints one JSON line
 """
 
 import json
+import sys
 import tempfile
 import time
 
@@ -24,11 +25,14 @@ def reached(config: dict) -> None:
 
 
 def main() -> None:
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="ERROR")
+    workers = int(sys.argv[sys.argv.index("--workers") + 1]) if "--workers" in sys.argv else 2
+    gpu = "--gpu" in sys.argv
+    ray.init(num_cpus=None if gpu else 2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="ERROR")
     init_s = time.time() - T0
     with tempfile.TemporaryDirectory() as tmp:
         out = f"{tmp}/reached"
-        TorchTrainer(reached, train_loop_config={"t0": T0, "out": out}, scaling_config=ScalingConfig(num_workers=2),
+        TorchTrainer(reached, train_loop_config={"t0": T0, "out": out},
+                     scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu),
                      run_config=RunConfig(storage_path=tmp)).fit()
         with open(out) as f:
             reached_s = float(f.read())

@@ -9,7 +9,6 @@ processes get out of this machine's two vCPUs (shared caches, memory bandwidth, 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq

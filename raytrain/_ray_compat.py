@@ -22,6 +22,7 @@ DATA_ENV = {"RAY_DATA_LOG_LEVEL": "WARNING"}  # one "Starting execution..." per 
 # Tune forces an experiment snapshot whenever a trial checkpointed `num_to_keep` times since the last one and
 # warns each time; epochs of a few seconds make that every report. The snapshots stay; the warning goes.
 TUNE_ENV = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+ENV = {**TRAIN_ENV, **DATA_ENV, **TUNE_ENV}
 
 
 def train_constants_module():
@@ -39,6 +40,11 @@ def quiet_train_report_log() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
+def quiet_tune_checkpoint_log() -> None:
+    """A Tune trial logs "Checkpoint successfully created at: ..." at INFO for every epoch's checkpoint."""
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+
+
 def autoscaler_util():
     """Ray's cluster-launcher config preparation and validation, as `ray up` runs them."""
     from ray.autoscaler._private import util
@@ -47,5 +53,5 @@ def autoscaler_util():
 
 
 def set_env_defaults() -> None:
-    for key, value in {**TRAIN_ENV, **DATA_ENV, **TUNE_ENV}.items():
+    for key, value in ENV.items():
         os.environ.setdefault(key, value)

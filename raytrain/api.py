@@ -61,7 +61,10 @@ class SearchResult:
 
     @property
     def best(self) -> Optional[dict]:
-        return next((t for t in self.trials if not str(t["status"]).startswith(("error", "skipped", "diverged"))), None)
+        """The top-ranked trial that finished properly, or None."""
+        from raytrain.tuner.tuning import best
+
+        return best(self.trials)
 
 
 def load_experiment(path: PathLike, overrides: Optional[list[str]] = None) -> Experiment:
@@ -127,7 +130,7 @@ def train(exp: Union[Experiment, PathLike], *, model: Optional[Callable] = None,
     if model is not None:
         exp = exp.model_copy(update={"model": exp.model.model_copy(update={"name": factory_name(model)})})
     _check_storage(exp.output, resume)  # a bad URI or an unreachable store: one line, before Ray starts
-    with console.attached():
+    with runtime.preserved(), console.attached():
         # The data and model checks need no cluster and ray.init mostly waits for the processes it starts:
         # side by side, the first step comes that much sooner. Bad input still ends in one UserError.
         ready = runtime.in_background(_preflight, exp, model) if datasets is None else None
@@ -152,7 +155,7 @@ def search(spec: Union[PathLike, Any], *, overrides: Optional[list[str]] = None,
 
     spec = spec if isinstance(spec, SearchSpec) else load_spec(spec, overrides)
     _check_storage(spec.base.output, resume)
-    with console.attached(), runtime.ray_session() as kind:
+    with runtime.preserved(), console.attached(), runtime.ray_session() as kind:
         url = runtime.dashboard_url()
         if url and kind == "embedded":
             console.LOGGER.info(f"Ray dashboard: {url}")

@@ -51,16 +51,26 @@ def encode(state: dict, name: str = STATE_FILE) -> dict[str, bytes]:
     return {name: data, f"{name}.sha256": hashlib.sha256(data).hexdigest().encode()}
 
 
-def write_files(directory: str | Path, files: dict[str, bytes]) -> None:
-    """Write encoded files into a local folder, checksums last."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+def write_files(directory: str | Path | Location, files: dict[str, bytes]) -> None:
+    """Write encoded files into a checkpoint folder (a local path, or a Location on any storage), each
+    checksum after every state file: a folder cut short by a crash never verifies."""
+    from raytrain.storage import resolve
+
+    loc = directory if isinstance(directory, Location) else resolve(str(directory))
+    loc.makedirs()
     for name in sorted(files, key=lambda n: n.endswith(".sha256")):
-        (directory / name).write_bytes(files[name])
+        (loc / name).write_bytes(files[name])
+
+
+def complete(loc: Location) -> bool:
+    """Every state file in the folder has its checksum beside it (the copy finished; content unverified)."""
+    names = {c.name for c in loc.children()}
+    states = [n for n in names if n.endswith(".pt")]
+    return bool(states) and all(f"{n}.sha256" in names for n in states)
 
 
 def save_local(directory: str | Path, state: dict, name: str = STATE_FILE) -> None:
-    """Write one state into a local checkpoint folder (what the hosts hand to Ray, Tune or storage)."""
+    """Write one state into a local checkpoint folder."""
     write_files(directory, encode(state, name))
 
 

@@ -41,6 +41,15 @@ def broadcast(t: torch.Tensor, src: int, group: Optional[dist.ProcessGroup] = No
     return moved.to(t.device) if moved.device != t.device else moved
 
 
+def broadcast_object(obj, src: int = 0):
+    """A picklable object from global rank `src` to every rank (small things: a list of names)."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src, device=group_device())
+    return box[0]
+
+
 def reduce_sums(values: dict, group: Optional[dist.ProcessGroup] = None) -> dict:
     """Each value summed across ranks, exactly (the loops return sums, not means), in one collective."""
     keys = sorted(values)

@@ -18,6 +18,7 @@ class Strict(BaseModel):
 
 
 class DataConfig(Strict):
+    """Which data, where it is, and how workers get it (materialised or streamed)."""
     dataset: Literal["digits", "mnist", "parquet"] = "digits"
     """digits: sklearn's bundled 8x8 digits (offline). mnist: the standard IDX files (downloaded when
     missing). parquet: a user Parquet file or directory at `path`."""
@@ -206,6 +207,8 @@ class CheckpointConfig(Strict):
 
 
 class Experiment(Strict):
+    """One experiment: what to train on which data, how, where, and with which speed techniques. Every key is
+    documented in the README's generated reference; unknown keys and wrong types are refused."""
     name: str = Field("experiment", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     """Run name; runs land in <output>/<name>/<timestamp>/."""
     seed: int = 0

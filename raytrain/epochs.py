@@ -40,7 +40,7 @@ def run(host: Host, plan: RunPlan, factory: Optional[Callable] = None, entered: 
         else:
             from raytrain.modes.ddp import DataParallel as Mode
         mode = Mode(exp, info, plan, host, factory, lambda name: restore(host, name))
-        marks = {**plan.marks, "worker_entered": entered, "model_ready": time.time()}
+        marks = {"worker_entered": entered, "model_ready": time.time()}
         epochs(mode, host, plan, marks)
 
 
@@ -70,9 +70,10 @@ def seed_all(seed: int) -> None:
 
 
 def restore(host: Host, name: str) -> Optional[dict]:
-    """The newest checkpoint every rank can read its `name` in: the registered one, then older ones
-    listed in storage (torn or tampered ones are skipped with a warning)."""
-    cands = ckpt.candidates(host.registered(), host.checkpoints())
+    """The newest checkpoint every rank can read its `name` in: the registered one, then older ones listed
+    in storage (torn or tampered ones are skipped with a warning). Rank 0 lists and every rank walks its
+    list, so the agreement collectives pair up even where listings lag (object stores)."""
+    cands = collectives.broadcast_object(ckpt.candidates(host.registered(), host.checkpoints()) if host.rank == 0 else None)
     state, used = ckpt.load_first(cands, name, agree=collectives.all_true)
     if state is not None and host.rank == 0:
         log.info(f"resumed from {used.uri} (epoch {int(state['epoch']) + 1} done)")
@@ -101,13 +102,14 @@ def epochs(mode, host: Host, plan: RunPlan, marks: dict) -> None:
                 metrics.update({f"startup_{k}_s": t - plan.launch_time for k, t in marks.items()})
         stop = stop_reason(state, epoch, metrics)
         final = stop is not None or epoch == exp.train.epochs - 1
+        save = final or (epoch + 1) % exp.checkpoint.every_epochs == 0
+        # Encoded before `finish` folds magnitude masks into the weights: a resume with more epochs keeps them.
+        files = ckpt.encode(state.state_dict(), mode.file_name) if save and mode.writes_checkpoint else None
         if final:
             mode.finish()
             metrics.update(stop_reason=stop or "completed", **mode.model_stats())
         if host.rank == 0:
             log.info(progress_line(metrics, exp.train.epochs))
-        save = final or (epoch + 1) % exp.checkpoint.every_epochs == 0
-        files = ckpt.encode(state.state_dict(), mode.file_name) if save and mode.writes_checkpoint else None
         host.report(metrics, files)
         if final:
             break

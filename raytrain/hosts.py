@@ -44,15 +44,6 @@ class Host:
         raise NotImplementedError
 
 
-def _location(cp) -> Optional[Location]:
-    """A Ray `Checkpoint` (path + pyarrow filesystem) as a Location."""
-    if cp is None:
-        return None
-    fs = cp.filesystem
-    uri = cp.path if fs is None or fs.type_name == "local" else f"{fs.type_name.replace('gcs', 'gs')}://{cp.path}"
-    return Location(fs or storage.pafs.LocalFileSystem(), cp.path, uri)
-
-
 def _directory(files: dict[str, bytes]) -> tempfile.TemporaryDirectory:
     d = tempfile.TemporaryDirectory(prefix="raytrain-ckpt-")
     ckpt.write_files(d.name, files)
@@ -76,9 +67,14 @@ class TrainHost(Host):
         return ray.train.get_dataset_shard(name)
 
     def registered(self) -> Optional[Location]:
+        """Ray Train's latest registered checkpoint, as a folder of this run's checkpoint storage (so its URI
+        keeps the run's scheme and options)."""
         import ray.train
 
-        return _location(ray.train.get_checkpoint())
+        cp = ray.train.get_checkpoint()
+        if cp is None:
+            return None
+        return self.checkpoints() / cp.path.rstrip("/").rsplit("/", 1)[-1]
 
     def checkpoints(self) -> Optional[Location]:
         return storage.resolve(self.plan.checkpoints) if self.plan.checkpoints else None
@@ -113,7 +109,8 @@ class TuneHost(Host):
     def registered(self) -> Optional[Location]:
         from ray import tune
 
-        return _location(tune.get_checkpoint())
+        cp = tune.get_checkpoint()
+        return storage.from_fs(cp.filesystem, cp.path) if cp is not None else None
 
     def report(self, metrics: dict, files: Optional[dict[str, bytes]]) -> None:
         from ray import tune
@@ -145,11 +142,11 @@ class LocalHost(Host):
         row = dict(metrics)
         if files:
             target = self.storage / ckpt.new_dir_name()
-            target.makedirs()
-            for name in sorted(files, key=lambda n: n.endswith(".sha256")):
-                (target / name).write_bytes(files[name])
+            ckpt.write_files(target, files)
             row["checkpoint"] = target.uri
-            for old in ckpt.checkpoint_dirs(self.storage)[self.keep:]:
+            folders = ckpt.checkpoint_dirs(self.storage)
+            done = [d for d in folders if ckpt.complete(d)]
+            for old in [d for d in folders if d not in done] + done[self.keep:]:  # cut-short copies go first
                 old.delete_dir()
         self.log.append(row)
 

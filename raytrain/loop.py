@@ -1,9 +1,10 @@
 """One epoch of training and of evaluation: plain PyTorch, nothing of Ray.
 
 Batches are dicts {"x": features, "y": labels} from any iterable; sums (not means) come back
-so data-parallel ranks can be reduced exactly. Nothing here waits for the GPU per step: sums stay
-on the device, GradScaler skips are read one step late (`SkipWatch`), and time is measured at the
-epoch's edges (with a synchronize) plus the time spent waiting for the next batch.
+so data-parallel ranks can be reduced exactly. raytrain adds no wait for the GPU per step: sums stay on the
+device, a GradScaler skip is read one step late (`SkipWatch`), and time is measured at the epoch's edges (with
+a synchronize) plus the time spent waiting for the next batch. (GradScaler.step itself still reads its
+found-inf flag every step, except with optimizers that take the flag in-kernel.)
 """
 
 from __future__ import annotations

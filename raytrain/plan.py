@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 from raytrain.config import Experiment
@@ -22,7 +22,6 @@ class RunPlan:
     launch_time: Optional[float] = None  # when the user's command started (time-to-first-step)
     compile_cache: Optional[str] = None  # TORCHINDUCTOR_CACHE_DIR for train.compile
     mode: str = "worker-group"  # worker-group | in-process | trial
-    marks: dict = field(default_factory=dict)  # driver-side start-up marks (wall clock)
 
     def exp(self) -> Experiment:
         return Experiment.model_validate_json(self.experiment)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -36,7 +38,7 @@ def scoped_env(values: dict):
 
 def ray_env() -> dict:
     """What every Ray process of ours must inherit: bounded Ray Train waits, quiet Ray Data."""
-    return {**_ray_compat.TRAIN_ENV, **_ray_compat.DATA_ENV, **_ray_compat.TUNE_ENV}
+    return dict(_ray_compat.ENV)
 
 
 @contextmanager
@@ -51,6 +53,7 @@ def ray_session(num_cpus: int | None = None, dashboard: bool = True):
         if ray.is_initialized():
             yield "existing"
             return
+        undo.enter_context(logger_state("ray"))  # ray.init(configure_logging=...) reconfigures it
         if not os.environ.get("RAY_ADDRESS"):
             # An embedded Ray's processes inherit this environment, so no job runtime_env is needed: with one,
             # no task could use the workers Ray pre-starts (their env differs) and each paid a fresh process.
@@ -66,9 +69,41 @@ def ray_session(num_cpus: int | None = None, dashboard: bool = True):
             kind = "cluster"
         undo.callback(ray.shutdown)
         _dashboard = getattr(ctx, "dashboard_url", None)
-        previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM = Ctrl-C: the same clean shutdown
-        undo.callback(signal.signal, signal.SIGTERM, previous)
+        if threading.current_thread() is threading.main_thread():  # signals can only be handled there
+            previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM = Ctrl-C: the same clean shutdown
+            undo.callback(signal.signal, signal.SIGTERM, previous)
         yield kind
+
+
+@contextmanager
+def preserved():
+    """The process's environment and SIGTERM handler as they were, afterwards: `ray.init` sets variables
+    (RAY_AUTH_MODE, PYTHONBREAKPOINT, ...) and a signal handler, and libraries imported along the way (torch's
+    compiler, scikit-learn) set their own. The Python API promises the caller's process back unchanged."""
+    env = dict(os.environ)
+    main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        for key in [k for k in os.environ if k not in env]:
+            del os.environ[key]
+        os.environ.update(env)
+        if main:
+            signal.signal(signal.SIGTERM, handler)
+
+
+@contextmanager
+def logger_state(name: str):
+    """A logger's level, handlers and propagation as they were, afterwards."""
+    lg = logging.getLogger(name)
+    level, handlers, propagate = lg.level, list(lg.handlers), lg.propagate
+    try:
+        yield
+    finally:
+        lg.setLevel(level)
+        lg.handlers[:] = handlers
+        lg.propagate = propagate
 
 
 @contextmanager
@@ -116,6 +151,16 @@ def alive_nodes() -> list[dict]:
 def multi_node() -> bool:
     """More than one node now, or a cluster that may add nodes."""
     return autoscaling_allowed() or len(alive_nodes()) > 1
+
+
+def check_shared_output(output: str, declared_shared: bool) -> None:
+    """Refuse a local `output` on a multi-node (or autoscaling) cluster: each node has its own disk, so
+    checkpoints and trials' results would scatter."""
+    from raytrain.storage import is_uri
+
+    if not is_uri(output) and not declared_shared and multi_node():
+        raise UserError(f"output {output}: a local path on a multi-node cluster (each node has its own disk); use "
+                        "s3://... or gs://..., or a path every node mounts with output_shared: true")
 
 
 KEYS = {"CPU": "parallel.workers x parallel.cpus_per_worker", "GPU": "parallel.use_gpu"}

@@ -28,14 +28,23 @@ from raytrain.errors import UserError
 CONNECT_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 60.0
 S3_KEYS = ("endpoint_override", "region", "scheme", "anonymous")
+GCS_KEYS = ("endpoint_override", "scheme", "anonymous")
+SECRETISH = ("key", "secret", "token", "password", "credential")
 
 
 @dataclass(frozen=True)
 class Location:
-    """A folder or file on some filesystem: `fs` + `path` (no scheme), and the URI the user wrote."""
+    """A folder or file on some filesystem: `fs` + `path` (no scheme), the URI it came from without its options
+    (`base`) and those options (`query`, e.g. `endpoint_override=...`): `uri` carries them along, so a location
+    handed to another process as text resolves to the same endpoint there."""
     fs: pafs.FileSystem
     path: str
-    uri: str
+    base: str
+    query: str = ""
+
+    @property
+    def uri(self) -> str:
+        return f"{self.base}?{self.query}" if self.query else self.base
 
     @property
     def remote(self) -> bool:
@@ -46,14 +55,15 @@ class Location:
         return self.path.rstrip("/").rsplit("/", 1)[-1]
 
     def __truediv__(self, part: str) -> "Location":
-        return Location(self.fs, f"{self.path.rstrip('/')}/{part}", f"{self.uri.rstrip('/')}/{part}")
+        return Location(self.fs, f"{self.path.rstrip('/')}/{part}", f"{self.base.rstrip('/')}/{part}", self.query)
 
     def __str__(self) -> str:
         return self.uri
 
     @property
     def parent(self) -> "Location":
-        return Location(self.fs, self.path.rstrip("/").rsplit("/", 1)[0], self.uri.rstrip("/").rsplit("/", 1)[0])
+        return Location(self.fs, self.path.rstrip("/").rsplit("/", 1)[0], self.base.rstrip("/").rsplit("/", 1)[0],
+                        self.query)
 
     def info(self) -> pafs.FileInfo:
         return _call(self, lambda: self.fs.get_file_info(self.path))
@@ -67,8 +77,7 @@ class Location:
     def children(self, dirs_only: bool = False) -> list["Location"]:
         """Entries directly inside this folder (none if it does not exist)."""
         sel = pafs.FileSelector(self.path, allow_not_found=True, recursive=False)
-        return [Location(self.fs, i.path, f"{self.uri.rstrip('/')}/{i.base_name}")
-                for i in _call(self, lambda: self.fs.get_file_info(sel))
+        return [self / i.base_name for i in _call(self, lambda: self.fs.get_file_info(sel))
                 if not dirs_only or i.type == pafs.FileType.Directory]
 
     def read_bytes(self) -> bytes:
@@ -149,14 +158,26 @@ def resolve(uri: str | os.PathLike, key: str = "output") -> Location:
         fs = _gcs(query, key, text)
     else:
         fs = _fsspec(parsed.scheme, query, key, text)
-    return Location(fs, bucket_path, clean)
+    return Location(fs, bucket_path, clean, parsed.query)
+
+
+def from_fs(fs, path: str) -> Location:
+    """A Location for a path on a filesystem Ray hands back (its Checkpoint's), named by its scheme."""
+    if fs is None or isinstance(fs, pafs.LocalFileSystem):
+        return Location(pafs.LocalFileSystem(), path, path)
+    scheme = {"s3": "s3", "gcs": "gs"}.get(fs.type_name, fs.type_name)
+    return Location(fs, path, f"{scheme}://{path}")
+
+
+def _options(query: dict, allowed: tuple, key: str, text: str) -> None:
+    unknown = sorted(set(query) - set(allowed))
+    if unknown:
+        raise UserError(f"{key} {text}: unknown URI option {unknown[0]!r} (allowed: {', '.join(allowed)}; "
+                        "credentials come from the environment or an instance role)")
 
 
 def _s3(query: dict, key: str, text: str) -> pafs.FileSystem:
-    unknown = sorted(set(query) - set(S3_KEYS))
-    if unknown:
-        raise UserError(f"{key} {text}: unknown URI option {unknown[0]!r} (allowed: {', '.join(S3_KEYS)}; "
-                        "credentials come from the environment or an instance role)")
+    _options(query, S3_KEYS, key, text)
     anonymous = query.get("anonymous", "").lower() in ("1", "true", "yes")
     if not anonymous and not aws_credentials_available():
         raise UserError(f"{key} {text}: no AWS credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or "
@@ -187,6 +208,7 @@ def aws_credentials_available() -> bool:
 def _gcs(query: dict, key: str, text: str) -> pafs.FileSystem:
     from datetime import timedelta
 
+    _options(query, GCS_KEYS, key, text)
     anonymous = query.get("anonymous", "").lower() in ("1", "true", "yes")
     adc = Path.home() / ".config" / "gcloud" / "application_default_credentials.json"
     on_gce = os.environ.get("NO_GCE_CHECK", "").lower() not in ("true", "1")
@@ -200,6 +222,10 @@ def _gcs(query: dict, key: str, text: str) -> pafs.FileSystem:
 def _fsspec(protocol: str, query: dict, key: str, text: str) -> pafs.FileSystem:
     import fsspec
 
+    secret = [k for k in query if any(w in k.lower() for w in SECRETISH)]
+    if secret:
+        raise UserError(f"{key} {text}: URI option {secret[0]!r} looks like a credential; credentials come from the "
+                        "environment, never from a URI or the YAML")
     try:
         fs = fsspec.filesystem(protocol, **query)
     except (ValueError, ImportError, TypeError) as e:

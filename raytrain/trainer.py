@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -79,8 +80,8 @@ def in_process(exp: Experiment) -> bool:
     par = exp.parallel
     if par.workers != 1 or par.pipeline.stages != 1 or par.isolate or par.worker_resources:
         return False
-    if par.use_gpu and not torch.cuda.is_available():
-        return False  # the GPU is on another node: Ray places a worker there
+    if par.use_gpu and torch.cuda.device_count() != 1:
+        return False  # no GPU here (Ray places the worker where one is), or several: Ray picks which one
     return not runtime.multi_node()
 
 
@@ -89,11 +90,8 @@ def check_resources(exp: Experiment, local: bool, info: data_mod.DataInfo) -> No
     multi-node cluster; all before anything is created."""
     par = exp.parallel
     runtime.check_fits(par.workers, par.bundle(), exp.data.stream_cpus if info.ingest == "stream" else 0.0)
-    out = storage.resolve(exp.output)
-    if not local and not out.remote and not exp.output_shared and runtime.multi_node():
-        raise UserError(f"output {exp.output}: a local path on a multi-node cluster (each node has its own disk, "
-                        "so checkpoints would scatter); use s3://... or gs://..., or a path every node mounts "
-                        "with output_shared: true")
+    if not local:
+        runtime.check_shared_output(exp.output, exp.output_shared)
 
 
 def run(exp: Experiment, resume: Optional[str] = None, launch: Optional[float] = None,
@@ -107,7 +105,7 @@ def run(exp: Experiment, resume: Optional[str] = None, launch: Optional[float] =
     run_dir = _resume_dir(resume) if resume is not None else None
     user: Optional[Ingest] = None
     if datasets is not None:
-        info, user = from_user(datasets, exp, exp.seed)
+        info, user, decoded = from_user(datasets, exp, exp.seed)
         check_model_fits(exp, info, factory)
         prep = Prepared(exp, info)
     else:
@@ -117,11 +115,14 @@ def run(exp: Experiment, resume: Optional[str] = None, launch: Optional[float] =
     check_resources(exp, local, prep.info)
     if run_dir is None:
         run_dir = storage.new_run_dir(storage.resolve(exp.output), exp.name)
+        if user is not None and info.ingest == "materialize":
+            exp = keep_data(exp, decoded, run_dir)
     (run_dir / (ckpt.CONFIG if resume is None else f"config.resume-{int(launch)}.yaml")).write_text(to_yaml(exp))
     info = prep.info
     log.info(f"run {run_dir}  ({info.n_train} train / {info.n_val} val examples, shape {info.in_shape}, "
              f"{info.num_classes} classes, {exp.parallel.workers} worker(s), {'in-process' if local else 'worker group'}, "
              f"{info.ingest})")
+    logged = len(read_rows(run_dir))  # a resumed run's start-up is its own first new row
     ingest = user or build(exp, info, prep.source)
     marks["datasets_ready"] = time.time()
     plan = RunPlan(exp.model_dump_json(), info.to_json(), steps_per_epoch(exp, info), ingest.shards,
@@ -135,7 +136,7 @@ def run(exp: Experiment, resume: Optional[str] = None, launch: Optional[float] =
 
         metrics, checkpoint, error = fit(exp, plan, ingest, run_dir, factory)
     rows = read_rows(run_dir)
-    first = rows[0] if rows else {}
+    first = rows[logged] if len(rows) > logged else {}
     if error is None and not metrics and rows:
         metrics = rows[-1]
     summary = {
@@ -144,9 +145,24 @@ def run(exp: Experiment, resume: Optional[str] = None, launch: Optional[float] =
         "checkpoint": checkpoint or _last_checkpoint(run_dir), "metrics_log": (run_dir / ckpt.METRICS).uri,
         "config": exp.model_dump(mode="json"), "first_step_s": first.get("first_step_s"),
         "startup": startup_breakdown(launch, marks, first, plan.mode),
+        "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this process alone
     }
     (run_dir / ckpt.RESULT).write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def keep_data(exp: Experiment, decoded: dict, run_dir: storage.Location) -> Experiment:
+    """A run trained on the caller's Ray Datasets keeps a Parquet copy of the decoded data in its folder, and
+    its config.yaml points there, so `raytrain train --resume` and `export` work on it from the CLI too."""
+    data = {}
+    for split, ds in decoded.items():
+        where = run_dir / "data" / split
+        path, fs = where.for_ray()
+        ds.write_parquet(path, filesystem=fs)
+        data[split] = where.uri
+    return exp.model_copy(update={"data": exp.data.model_copy(update={
+        "dataset": "parquet", "path": data["train"], "val_path": data["val"], "features": "x", "label": "y",
+        "shape": None, "ingest": "materialize"})})
 
 
 def _resume_dir(resume) -> storage.Location:

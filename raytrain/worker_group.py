@@ -18,7 +18,6 @@ from raytrain import checkpoint as ckpt
 from raytrain import storage
 from raytrain.config import Experiment
 from raytrain.data.ingest import Ingest
-from raytrain.hosts import _location
 from raytrain.plan import RunPlan
 from raytrain.runtime import CONTROLLER_FAILURE_LIMIT
 from raytrain.worker import train_loop_per_worker
@@ -58,8 +57,8 @@ def fit(exp: Experiment, plan: RunPlan, ingest: Ingest, run_dir: storage.Locatio
         result = trainer.fit()
     except ray.train.TrainingFailedError as e:
         return {}, None, root_cause(e)
-    cp = _location(result.checkpoint)
-    return dict(result.metrics or {}), cp.uri if cp else None, None
+    name = result.checkpoint.path.rstrip("/").rsplit("/", 1)[-1] if result.checkpoint else None
+    return dict(result.metrics or {}), (run_dir / ckpt.RUN_STORAGE / name).uri if name else None, None
 
 
 def root_cause(e: Exception) -> str:

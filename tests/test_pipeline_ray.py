@@ -15,7 +15,7 @@ import torch
 from raytrain import data as data_mod
 from raytrain import trainer
 from raytrain.cli import main
-from raytrain.configio import set_dotted, validate_experiment
+from helpers import make_exp
 from raytrain.errors import UserError
 from raytrain.loop import StepEnv
 from raytrain.models import build_model
@@ -24,12 +24,8 @@ PIPE = {"stages": 2, "microbatches": 4, "schedule": "1f1b"}
 
 
 def _exp(d: dict, **patch):
-    d = json.loads(json.dumps(d))
-    set_dotted(d, "parallel.workers", 2)
-    set_dotted(d, "parallel.pipeline", dict(PIPE))
-    for dotted, value in patch.items():
-        set_dotted(d, dotted.replace("__", "."), value)
-    return validate_experiment(d, "test")
+    """A two-stage pipeline experiment (helpers.make_exp with the pipeline keys first)."""
+    return make_exp(d, **{"parallel__workers": 2, "parallel__pipeline": dict(PIPE), **patch})
 
 
 def _accuracy(model: torch.nn.Module, exp) -> float:

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from raytrain import checkpoint as ckpt
 from helpers import make_exp, metric_rows
@@ -91,6 +90,22 @@ def test_worker_killed_while_its_checkpoint_is_persisted_resumes_from_the_previo
     with pytest.raises(ckpt.CheckpointError):
         ckpt.load_local(caught["dir"])
     assert _epochs(s["run_dir"]) == [1, 2, 3, 4]
+
+
+def test_resume_candidates_registered_first_unregistered_newer_never(tmp_path):
+    """A complete folder newer than the one Ray registered was never registered (a copy a crash cut off after
+    its last byte): resume must not take it, even though it verifies."""
+    from raytrain.storage import resolve
+
+    for k in range(1, 5):
+        ckpt.save_local(tmp_path / f"checkpoint_2026-01-01_00-00-0{k}.000000", {"epoch": k})
+    store = resolve(str(tmp_path))
+    registered = store / "checkpoint_2026-01-01_00-00-03.000000"
+    names = [c.name[-15:-7] for c in ckpt.candidates(registered, store)]
+    assert names == ["00-00-03", "00-00-02", "00-00-01"]
+    state, used = ckpt.load_first(ckpt.candidates(registered, store), ckpt.STATE_FILE)
+    assert state["epoch"] == 3 and used == registered
+    assert [c.name[-15:-7] for c in ckpt.candidates(None, store)][0] == "00-00-04"  # nothing registered: newest
 
 
 def test_torn_latest_checkpoint_falls_back_with_a_warning(tmp_path):

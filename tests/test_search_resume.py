@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 SPEC = {
-    "name": "r", "seed": 0, "data": {"dataset": "digits", "upscale": 4}, "model": {"name": "mlp", "width": 2.0},
+    "name": "r", "seed": 0, "data": {"dataset": "digits", "upscale": 4}, "model": {"name": "mlp", "width": 4.0},
     "train": {"batch_size": 64, "precision": "fp32", "optimizer": {"name": "sgd", "lr": 0.05}},
     "search": {"samples": 1, "space": {"train.optimizer.lr": {"grid": [0.05, 0.1]}},
-               "asha": {"max_t": 6, "grace_period": 6, "reduction_factor": 2}, "max_concurrent": 1,
+               "asha": {"max_t": 10, "grace_period": 10, "reduction_factor": 2}, "max_concurrent": 1,
                "trial": {"workers": 1}},
 }
 
@@ -58,7 +58,7 @@ def test_resume_after_driver_killed(ray_head, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads((run_dir / "search.json").read_text())
     assert len(summary["trials"]) == 2
-    assert all(r["epochs"] == 6 for r in summary["trials"]), summary["trials"]
+    assert all(r["epochs"] == 10 for r in summary["trials"]), summary["trials"]
     after = _finished(tune_dirs[0])
     for trial, n in done.items():  # finished before the kill: not one more result
         assert after[trial] == n, (trial, n, after[trial])

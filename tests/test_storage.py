@@ -174,10 +174,10 @@ def test_killed_driver_then_resume_from_s3_finishes_at_the_right_epoch(starts_ra
 
 
 SEARCH = {
-    "name": "r", "seed": 0, "data": {"dataset": "digits", "upscale": 4}, "model": {"name": "mlp", "width": 2.0},
+    "name": "r", "seed": 0, "data": {"dataset": "digits", "upscale": 4}, "model": {"name": "mlp", "width": 4.0},
     "train": {"batch_size": 64, "precision": "fp32", "optimizer": {"name": "sgd", "lr": 0.05}},
     "search": {"samples": 1, "space": {"train.optimizer.lr": {"grid": [0.05, 0.1]}},
-               "asha": {"max_t": 6, "grace_period": 6, "reduction_factor": 2}, "max_concurrent": 1,
+               "asha": {"max_t": 10, "grace_period": 10, "reduction_factor": 2}, "max_concurrent": 1,
                "trial": {"workers": 1}},
 }
 
@@ -207,7 +207,7 @@ def test_search_on_s3_killed_and_resumed_keeps_finished_trials_then_reports(star
     resumed = subprocess.run(cmd + ["--resume", run], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads(resolve(run + "/search.json").read_text())
-    assert len(summary["trials"]) == 2 and all(r["epochs"] == 6 for r in summary["trials"]), summary["trials"]
+    assert len(summary["trials"]) == 2 and all(r["epochs"] == 10 for r in summary["trials"]), summary["trials"]
     after = finished()
     for key, n in done.items():  # finished before the kill: not one result more
         assert after[key] == n, (key, n, after[key])

@@ -127,6 +127,28 @@ def test_grad_scaler_skips_step_with_inf_gradient():
     assert_close(model.state_dict(), before)
 
 
+def test_grad_scaler_skip_read_a_step_late_keeps_the_lr_schedule_exact():
+    """Steps 1 and 3 fine, step 2 with inf gradients: the schedule advances for steps 1 and 3 only, each
+    before the next optimizer step, as an immediate read would (the skip is read while step 3 is queued)."""
+    model = nn.Linear(4, 2)
+    calls = {"n": 0}
+
+    def poison(g):
+        calls["n"] += 1
+        return torch.full_like(g, float("inf")) if calls["n"] == 2 else g
+
+    model.weight.register_hook(poison)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (1 + step))
+    stepper = SchedulerStepper(sched, 10)
+    seen = []
+    opt.register_step_pre_hook(lambda o, a, k: seen.append(o.param_groups[0]["lr"]))
+    batches = [{"x": torch.randn(8, 4), "y": torch.randint(0, 2, (8,))} for _ in range(3)]
+    stats = train_epoch(model, batches, opt, stepper, make_grad_scaler("fp16", CPU), StepEnv(CPU, "fp32"))
+    assert stats["skipped_steps"] == 1 and stepper.taken == 2
+    assert seen == [0.1, 0.05]  # step 1 at lr 0.1; step 2 skipped (no optimizer.step); step 3 at the next lr
+
+
 def test_channels_last_auto_only_for_conv_nets():
     cnn, mlp = build_model("cnn", (1, 8, 8), 10), build_model("mlp", (1, 8, 8), 10)
     assert wants_channels_last("auto", cnn) and not wants_channels_last("auto", mlp)

@@ -86,9 +86,12 @@ def _read(paths: list[str], src: StreamSource, exp: Experiment):
 
 
 def from_user(datasets: dict, exp: Experiment, seed: int):
-    """(DataInfo, Ingest) from the user's own `ray.data.Dataset`s (Python API): checked like Parquet
-    (columns, a sample decoded for shape and type), decoded by the same function, then materialised and
-    cut per rank, or streamed, like every other dataset."""
+    """(DataInfo, Ingest, decoded datasets) from the user's own `ray.data.Dataset`s (Python API): checked
+    like Parquet (columns, a sample decoded for shape and type), decoded by the same function, then
+    materialised and cut per rank, or streamed, like every other dataset."""
+    import pyarrow as pa
+    import ray
+
     from raytrain.errors import UserError
 
     cfg = exp.data
@@ -101,11 +104,7 @@ def from_user(datasets: dict, exp: Experiment, seed: int):
         for key, col in (("data.features", cfg.features), ("data.label", cfg.label)):
             if col not in cols:
                 raise UserError(f"{key}: column {col!r} not in datasets[{name!r}] (columns: {', '.join(cols)})")
-        sample = datasets[name].limit(256).to_arrow_refs()
-        import pyarrow as pa
-        import ray
-
-        table = pa.concat_tables(ray.get(sample))
+        table = pa.concat_tables(ray.get(datasets[name].limit(256).to_arrow_refs()))
         shapes[name] = decode(table, cfg.features, cfg.label, cfg.shape)["x"].shape[1:]
     if shapes["train"] != shapes["val"]:
         raise UserError(f"datasets: train examples have shape {shapes['train']} but val {shapes['val']}")
@@ -122,9 +121,9 @@ def from_user(datasets: dict, exp: Experiment, seed: int):
     world = exp.parallel.workers
     if stream or exp.parallel.pipeline.stages > 1:
         return info, Ingest(decoded, {s: [s] * world for s in decoded}, ["train", "val"] if stream and
-                            exp.parallel.pipeline.stages == 1 else [])
+                            exp.parallel.pipeline.stages == 1 else []), decoded
     parts = {shard_name(k, r): part for k, ds in decoded.items() for r, part in enumerate(ds.split(world, equal=True))}
-    return info, Ingest(parts, {k: [shard_name(k, r) for r in range(world)] for k in decoded})
+    return info, Ingest(parts, {k: [shard_name(k, r) for r in range(world)] for k in decoded}), decoded
 
 
 def _equal_parts(table, n: int) -> list:

@@ -39,6 +39,8 @@ def check_columns(schema: pa.Schema, cfg: DataConfig, where: str) -> None:
 
 def read_all(cfg: DataConfig):
     """Materialise: validate and decode a whole user Parquet file/folder into (x, y) on the driver."""
+    import ray.data  # noqa: F401  registers Ray's tensor column type, so such columns keep their shape
+
     loc = storage.resolve(cfg.path, "data.path")
     storage.check_reachable(loc, "data.path")
     if not loc.exists():
@@ -173,6 +175,8 @@ def _features(arr: pa.Array, name: str) -> np.ndarray:
     if arr.null_count:
         raise UserError(f"data.features: column {name!r} has {arr.null_count} null values")
     if isinstance(arr.type, pa.ExtensionType):  # Ray tensor column: shape lives in the type
+        if "VariableShaped" in type(arr.type).__name__:  # Ray's column for arrays of differing shapes
+            raise UserError(f"data.features: column {name!r} is ragged (its arrays differ in shape)")
         try:
             return np.asarray(arr.to_numpy(), dtype=np.float32)
         except (TypeError, ValueError) as e:

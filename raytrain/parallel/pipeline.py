@@ -1,6 +1,6 @@
 """Pipeline parallelism, pure PyTorch: split a Sequential into stages, lay ranks on a (dp, pp) mesh,
 and run GPipe / 1F1B / interleaved 1F1B with `torch.distributed.pipelining`. Nothing of Ray here:
-the per-worker loop (`raytrain.worker_pipeline`) calls it inside a Ray Train worker, the tests call
+the pipeline mode of the one loop (`raytrain.modes.pipeline`) calls it inside a Ray Train worker, the tests call
 it from plain `torch.multiprocessing` processes.
 
 Layout: rank = dp_rank * pp + pp_rank, so one pipeline group is `pp` consecutive ranks and each

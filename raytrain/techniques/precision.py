@@ -57,12 +57,13 @@ def make_grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScal
 
 
 class SkipWatch:
-    """Whether GradScaler skipped each optimizer step, without a GPU sync per step.
+    """Whether GradScaler skipped each optimizer step, without a wait of raytrain's own per step (the old
+    `get_scale()` before and after every step was two).
 
     A skipped step lowers the scale. The comparison stays on the device, and the host reads step t's
-    answer only while step t+1 is already queued (`pending` -> `resolve`), by which time the kernels of
-    step t have finished, so the read does not stall the GPU. The LR scheduler steps on that answer
-    before step t+1's optimizer.step, as it would have with an immediate read."""
+    answer only once step t+1's forward and backward are queued (`pending` -> `resolve`), by which time
+    step t's kernels have finished, so the read does not stall the GPU. The LR scheduler steps on that
+    answer before step t+1's optimizer.step, as it would have with an immediate read."""
 
     def __init__(self, scaler: torch.amp.GradScaler):
         self.scaler = scaler

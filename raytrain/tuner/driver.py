@@ -26,10 +26,7 @@ def run(spec: SearchSpec, resume: Optional[str] = None) -> dict:
         if not (run_dir / tuning.TUNE_DIR).is_dir():
             raise UserError(f"--resume {resume}: not a raytrain search folder (no {tuning.TUNE_DIR}/ inside)")
     concurrent = tuning.max_concurrent(spec)  # refuse an impossible trial before creating anything
-    if not out.remote and not spec.base.output_shared and runtime.multi_node():
-        raise UserError(f"output {spec.base.output}: a local path on a multi-node cluster (trials run on every node, "
-                        "each with its own disk); use s3://... or gs://..., or a path every node mounts with "
-                        "output_shared: true")
+    runtime.check_shared_output(spec.base.output, spec.base.output_shared)
     if not spec.search.trial.in_trial:
         tuning.require_state_api()
     if resume is None:
@@ -48,7 +45,7 @@ def run(spec: SearchSpec, resume: Optional[str] = None) -> dict:
                "grace_seconds": a.grace_seconds, "reduction_factor": a.reduction_factor,
                "objective": spec.search.objective.model_dump(), "notes": spec.notes, "planned_trials": spec.n_trials(),
                "budget": spec.search.budget.model_dump(), "budget_note": budget_note(spec, rows, time.time() - t0)}
-    best = next((r for r in rows if not str(r["status"]).startswith(("error", "skipped", "diverged"))), None)
+    best = tuning.best(rows)
     if best is not None:
         write_best(spec, best, run_dir / "best.yaml")
         summary["best_yaml"] = (run_dir / "best.yaml").uri

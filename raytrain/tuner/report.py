@@ -12,19 +12,17 @@ from raytrain import storage
 from raytrain.errors import UserError
 
 
-def _plt():
-    import matplotlib
+def _figure():
+    """A figure rendered straight to PNG (no pyplot: a notebook's backend and state stay as they are)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # files, never a window
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=(8, 4.5))
+    return fig, fig.subplots()
 
 
 def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    _plt().close(fig)
     return base64.b64encode(buf.getvalue()).decode()
 
 
@@ -35,8 +33,7 @@ def _label(r: dict) -> str:
 
 def curves(summary: dict) -> str:
     """Validation accuracy per epoch for every trial; an x where ASHA stopped a trial early."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = _figure()
     for r in summary["trials"]:
         hist = [h for h in r["history"] if h.get("epoch")]
         if not hist:
@@ -58,10 +55,9 @@ def curves(summary: dict) -> str:
 
 def pareto(summary: dict) -> str:
     """Accuracy vs training wall time, marker area by parameter count; the Pareto front joined."""
-    plt = _plt()
     pts = [(r["elapsed_s"], r["val_accuracy"], r.get("params_total") or 1, r) for r in summary["trials"]
            if r.get("elapsed_s") and r.get("val_accuracy") is not None and not math.isnan(r["val_accuracy"])]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = _figure()
     if pts:
         biggest = max(p[2] for p in pts)
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=[30 + 300 * p[2] / biggest for p in pts], alpha=0.6)

@@ -18,7 +18,7 @@ import ray
 import torch
 from ray import tune
 
-from raytrain import console, epochs
+from raytrain import _ray_compat, console, epochs
 from raytrain.errors import UserError
 from raytrain.tuner.spec import SearchConfig, SearchSpec
 
@@ -26,7 +26,7 @@ RELEASE_WAIT_S = 30.0
 _datasets: dict = {}  # per trial process: (data info JSON, workers) -> Ingest, reused by the next trials
 
 
-def run_trial(config: dict, raw: dict, search_json: str, source: str) -> None:
+def run_trial(config: dict, raw: dict, search_json: str, source: str, run_uri: str) -> None:
     """One trial: build its experiment, train it, report every epoch to Tune."""
     from raytrain import trainer
     from raytrain.data.ingest import build, steps_per_epoch
@@ -34,6 +34,7 @@ def run_trial(config: dict, raw: dict, search_json: str, source: str) -> None:
 
     started = time.monotonic()
     console.attach()
+    _ray_compat.quiet_tune_checkpoint_log()
     spec = SearchSpec(raw, SearchConfig.model_validate_json(search_json), source)
     try:
         exp = spec.trial_experiment(config)
@@ -42,7 +43,8 @@ def run_trial(config: dict, raw: dict, search_json: str, source: str) -> None:
         tune.report({"val_accuracy": 0.0, "val_loss": math.inf, "epoch": 0, "elapsed_s": 0.0,
                      "stop_reason": f"skipped: {e}", **_span(started)})
         return
-    key = (prep.info.to_json(), exp.parallel.workers, exp.parallel.pipeline.stages > 1)
+    key = (prep.info.to_json(), exp.data.model_dump_json(), exp.seed, exp.parallel.workers,
+           exp.parallel.pipeline.stages > 1)
     if key not in _datasets:
         _datasets[key] = build(exp, prep.info, prep.source)
     ingest = _datasets[key]
@@ -54,7 +56,7 @@ def run_trial(config: dict, raw: dict, search_json: str, source: str) -> None:
         device = torch.device("cuda", 0) if exp.parallel.use_gpu else torch.device("cpu")
         epochs.run(_Spanned(TuneHost(ingest.datasets, device), started), plan)
         return
-    _nested(exp, plan, ingest, started)
+    _nested(exp, plan, ingest, run_uri)
 
 
 class _Spanned:
@@ -74,13 +76,15 @@ def _span(started: float) -> dict:
     return {"trial_started_mono": started, "reported_mono": time.monotonic()}
 
 
-def _nested(exp, plan, ingest, started: float) -> None:
+def _nested(exp, plan, ingest, run_uri: str) -> None:
+    """The trial's own TorchTrainer, its checkpoints in the search's storage (<run>/trials/<trial id>/train),
+    never in Tune's local staging folder, so they outlive the cluster and a resumed search finds them."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from raytrain import storage
     from raytrain.worker_group import build_trainer, root_cause
 
-    trial_dir = storage.resolve(tune.get_context().get_trial_dir())
+    trial_dir = storage.resolve(run_uri) / "trials" / tune.get_context().get_trial_id()
     fit = build_trainer(exp, plan, ingest, trial_dir, callbacks=[TuneReportCallback()])
     try:
         fit.fit()
@@ -101,8 +105,9 @@ def wait_released(workers: int, bundle: dict) -> None:
         time.sleep(0.5)
 
 
-def trainable(spec: SearchSpec):
-    fn = tune.with_parameters(run_trial, raw=spec.raw, search_json=spec.search.model_dump_json(), source=spec.source)
+def trainable(spec: SearchSpec, run_dir):
+    fn = tune.with_parameters(run_trial, raw=spec.raw, search_json=spec.search.model_dump_json(), source=spec.source,
+                              run_uri=run_dir.uri)
     t = spec.search.trial
     if t.in_trial:  # the trial process is the worker: it holds the worker's resources itself
         return tune.with_resources(fn, t.bundle())

@@ -54,13 +54,22 @@ def require_state_api() -> None:
             time.sleep(1.0)
 
 
+def stream_cpus(spec: SearchSpec) -> float:
+    """CPUs a trial's streamed data needs beside its workers (0 when its data is materialised)."""
+    from raytrain.data import ingest_mode
+
+    return spec.base.data.stream_cpus if ingest_mode(spec.base.data) == "stream" else 0.0
+
+
 def max_concurrent(spec: SearchSpec) -> int:
-    """Trials the cluster holds at once (refuses a trial that can never be placed)."""
+    """Trials the cluster holds at once (refuses a trial that can never be placed). A streaming trial's reads
+    need `data.stream_cpus` beside its workers: admission leaves them free, or the reads would wait forever."""
     t = spec.search.trial
-    bundle = t.bundle()
-    check_fits(t.workers, bundle)
+    bundle, extra = t.bundle(), stream_cpus(spec)
+    check_fits(t.workers, bundle, extra)
     total = ray.cluster_resources()
-    fits = [int(total.get(k, 0.0) / (t.workers * v) + 1e-9) for k, v in bundle.items() if v > 0]
+    need = {k: t.workers * v + (extra if k == "CPU" else 0.0) for k, v in bundle.items() if v > 0}
+    fits = [int(total.get(k, 0.0) / v + 1e-9) for k, v in need.items()]
     auto = max(1, min(fits))
     want = auto if spec.search.max_concurrent == "auto" else min(int(spec.search.max_concurrent), auto)
     return max(1, min(want, spec.n_trials()))
@@ -70,7 +79,7 @@ def build_tuner(spec: SearchSpec, run_dir: Location, resume: bool = False) -> tu
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 
     s = spec.search
-    fn = trainable(spec)
+    fn = trainable(spec, run_dir)
     path, fs = run_dir.for_ray()
     if resume:
         return tune.Tuner.restore((run_dir / TUNE_DIR).path, trainable=fn, resume_unfinished=True,
@@ -82,8 +91,12 @@ def build_tuner(spec: SearchSpec, run_dir: Location, resume: bool = False) -> tu
                                     search_alg=seeded_search(spec, max_concurrent(spec)),
                                     reuse_actors=s.trial.in_trial),  # a trial process serves the next trial
         run_config=tune.RunConfig(name=TUNE_DIR, storage_path=path, storage_filesystem=fs,
+                                  verbose=1,  # Tune's status table and one line per trial; no per-result boxes
                                   failure_config=tune.FailureConfig(max_failures=0),
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.base.checkpoint.keep),
+                                  # every trial checkpoint is kept: with num_to_keep, a driver killed between
+                                  # Tune deleting an old checkpoint and snapshotting its state resumes a trial
+                                  # from a checkpoint that no longer exists (seen on S3)
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                                   callbacks=[TBXLoggerCallback(), CSVLoggerCallback(), JsonLoggerCallback()]),
     )
 
@@ -111,6 +124,15 @@ class BudgetedSearch(BasicVariantGenerator):
         super().__init__(*args, **kw)
         self.budget_wall_s, self.budget_trial_epochs = wall_s, trial_epochs
         self.started, self.spent_trial_epochs, self.stopped_admitting = time.time(), 0, None
+        self.spent_wall_s = 0.0  # as of the last save: a resumed search does not count the time it was down
+
+    def get_state(self):
+        self.spent_wall_s = time.time() - self.started
+        return super().get_state()
+
+    def set_state(self, state):
+        super().set_state(state)
+        self.started = time.time() - self.spent_wall_s
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if result.get("epoch"):
@@ -138,6 +160,11 @@ def seeded_search(spec: SearchSpec, concurrent: int) -> BudgetedSearch:
     b = spec.search.budget
     return BudgetedSearch(points_to_evaluate=spec.grid_points(), random_state=seed, max_concurrent=concurrent,
                           wall_s=b.wall_s, trial_epochs=b.trial_epochs)
+
+
+def best(rows: list[dict]):
+    """The top-ranked trial that finished properly (not errored, skipped or diverged), or None."""
+    return next((r for r in rows if not str(r["status"]).startswith(("error", "skipped", "diverged"))), None)
 
 
 def collect(spec: SearchSpec, grid) -> list[dict]:
