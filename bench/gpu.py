@@ -90,12 +90,15 @@ def run() -> dict:
 
 
 def rows(g: dict) -> list[tuple[str, str, str]]:
-    if not g:
-        return []
-    name = g["gpu"]
-    out = [(f"[{name}] samples/s vs a plain PyTorch loop, data on the GPU: {label}",
-            f"{t['samples_per_s']:.0f} vs {t['plain_samples_per_s']:.0f} = **{t['ratio']:.2f}** ({t['precision']}, "
-            f"device cache {'on' if t['device_cache'] else 'off'})", "≥0.95") for label, t in g["throughput"].items()]
+    out: list[tuple[str, str, str]] = []
+    name = (g or {}).get("gpu")
+    for label, t in (g or {}).get("throughput", {}).items():
+        cache = "on" if t["device_cache"] else "off"
+        out.append((f"[{name}] samples/s vs a plain PyTorch loop, data on the GPU: {label}",
+                    f"{t['samples_per_s']:.0f} vs {t['plain_samples_per_s']:.0f} = **{t['ratio']:.2f}** "
+                    f"({t['precision']}, device cache {cache})", "≥0.95"))
+    if not out:
+        return out
     m, s = g["mnist_fast"], g["startup"]
     out.append((f"[{name}] mnist-fast to 99.0% from command start (plain example on the same GPU)",
                 f"target at {m['to_target_since_launch_s']:.1f} s, exit at {m['process_wall_s']:.1f} s (first step "

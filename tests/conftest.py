@@ -14,7 +14,7 @@ from helpers import free_port, head
 from raytrain.runtime import pythonpath_first, ray_env
 
 ROOT = Path(__file__).resolve().parents[1]
-RAY_FIXTURES = {"ray_local", "ray_head", "autoscaling_head", "job_head", "ray_head_4cpu", "ray_head_6cpu", "starts_ray"}
+RAY_FIXTURES = {"ray_local", "ray_head", "autoscaling_head", "job_head", "ray_head_with", "starts_ray"}
 
 # The environment every Ray process of the session inherits (set before any starts): the CLI's bounded Ray
 # Train waits, and a fake S3 account. S3 traffic goes to the test's own server on loopback
@@ -97,6 +97,17 @@ def ray_head(tmp_path):
     """A real Ray head on free ports (see `helpers.head`): yields (gcs_address, dashboard_url, env for clients)."""
     with head(tmp_path) as (address, url, env, _):
         yield address, url, env
+
+
+@pytest.fixture
+def ray_head_with(tmp_path):
+    """`make(num_cpus) -> env`: a real head advertising more logical CPUs than this 2-core machine has (so
+    Ray itself would place what raytrain's own limits must hold back); stopped after the test."""
+    import contextlib
+
+    stack = contextlib.ExitStack()
+    yield lambda num_cpus: stack.enter_context(head(tmp_path, num_cpus=num_cpus))[2]
+    stack.close()
 
 
 @pytest.fixture

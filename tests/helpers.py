@@ -103,3 +103,14 @@ def head(tmp_path: Path, extra_args: tuple = (), extra_env: dict | None = None, 
         current = Path("/tmp/ray/ray_current_cluster")
         if current.is_file() and current.read_text().strip().endswith(f":{port}"):
             current.unlink()
+
+
+# A search whose trials take a few seconds each (2 of them, one at a time): long enough to kill its driver
+# between the first trial's end and the second's (tests/test_search_resume.py, tests/test_storage.py).
+RESUME_SEARCH = {
+    "name": "r", "seed": 0, "data": {"dataset": "digits", "upscale": 4}, "model": {"name": "mlp", "width": 4.0},
+    "train": {"batch_size": 64, "precision": "fp32", "optimizer": {"name": "sgd", "lr": 0.05}},
+    "search": {"samples": 1, "space": {"train.optimizer.lr": {"grid": [0.05, 0.1]}},
+               "asha": {"max_t": 10, "grace_period": 10, "reduction_factor": 2}, "max_concurrent": 1,
+               "trial": {"workers": 1}},
+}

@@ -16,9 +16,10 @@ CLUSTERS = sorted((ROOT / "clusters").glob("*.yaml"))
 # KubeRay's CRDs are reference data outside the project (a user's clone has none): strict schema checks run
 # when RAYTRAIN_KUBERAY_CRDS names a folder holding them (.ci/run sets it where CI keeps a copy), and say so
 # when they skip.
-CRDS = Path(os.environ.get("RAYTRAIN_KUBERAY_CRDS", "/nonexistent/kuberay-crds"))
-HAVE_CRDS = (CRDS / "ray.io_rayclusters.yaml").is_file()
-needs_crds = pytest.mark.skipif(not HAVE_CRDS, reason=f"KubeRay CRDs not found at {CRDS} (set RAYTRAIN_KUBERAY_CRDS)")
+CRDS = Path(os.environ["RAYTRAIN_KUBERAY_CRDS"]) if os.environ.get("RAYTRAIN_KUBERAY_CRDS") else None
+HAVE_CRDS = CRDS is not None and (CRDS / "ray.io_rayclusters.yaml").is_file()
+needs_crds = pytest.mark.skipif(not HAVE_CRDS, reason="KubeRay CRDs: set RAYTRAIN_KUBERAY_CRDS to a folder holding "
+                                                      f"ray.io_rayclusters.yaml (now: {CRDS})")
 
 
 def _check(capsys, *files, crds=True):

@@ -114,17 +114,8 @@ def test_pipeline_model_mismatch_refused_in_preflight(exp_dict, patch, msg):
         trainer.preflight(exp)
 
 
-@pytest.fixture
-def ray_head_4cpu(tmp_path):
-    """A head advertising 4 logical CPUs on this 2-core machine, so a 4-worker DP x PP group can be placed."""
-    from helpers import head
-
-    with head(tmp_path, num_cpus=4) as (_, _, env, _):
-        yield env
-
-
 @pytest.mark.slow
-def test_dp2_x_pp2_on_four_ray_workers_matches_one_process_after_a_step(ray_head_4cpu, tmp_path):
+def test_dp2_x_pp2_on_four_ray_workers_matches_one_process_after_a_step(ray_head_with, tmp_path):
     """One SGD step on the same 64 examples: 4 Ray Train workers as 2 pipeline groups of 2 stages give
     the validation loss of 1 worker without a pipeline (each group trains on its half of the batch)."""
     import subprocess
@@ -142,11 +133,12 @@ def test_dp2_x_pp2_on_four_ray_workers_matches_one_process_after_a_step(ray_head
                      "val_fraction": 8 / 72},
             "train": {"epochs": 1, "batch_size": 64, "precision": "fp32",
                       "optimizer": {"name": "sgd", "lr": 0.5, "momentum": 0.0, "weight_decay": 0.0}}}
+    head_env = ray_head_with(4)  # 4 logical CPUs on this 2-core machine: a 4-worker DP x PP group is placed
     losses = []
     for parallel in ({"workers": 1}, {"workers": 4, "pipeline": {"stages": 2, "microbatches": 2, "schedule": "gpipe"}}):
         path = tmp_path / f"e{parallel['workers']}.yaml"
         path.write_text(yaml.safe_dump({**base, "parallel": parallel}))
-        proc = subprocess.run([sys.executable, "-m", "raytrain", "train", str(path)], env=ray_head_4cpu, cwd=tmp_path,
+        proc = subprocess.run([sys.executable, "-m", "raytrain", "train", str(path)], env=head_env, cwd=tmp_path,
                               capture_output=True, text=True, timeout=240)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
         run_dir = next(ln.split()[2] for ln in proc.stdout.splitlines() if ln.startswith("[raytrain] run "))

@@ -87,17 +87,8 @@ def test_trial_that_can_never_fit_fails_fast(ray_local, tmp_path):
     assert not (tmp_path / "runs").exists()  # nothing created
 
 
-@pytest.fixture
-def ray_head_6cpu(tmp_path):
-    """A head advertising 6 logical CPUs: Ray itself would run six 1-CPU trials at once."""
-    from helpers import head
-
-    with head(tmp_path, num_cpus=6) as (_, _, env, _):
-        yield env
-
-
 @pytest.mark.slow
-def test_admission_limit_holds_where_ray_would_allow_more(ray_head_6cpu, tmp_path):
+def test_admission_limit_holds_where_ray_would_allow_more(ray_head_with, tmp_path):
     """max_concurrent: 2 on a cluster with room for 6 trials: never more than 2 trials alive at once, and 2 do
     run side by side. Spans come from each trial process's monotonic clock (one clock per machine), from
     entering the trial to its last report."""
@@ -111,7 +102,7 @@ def test_admission_limit_holds_where_ray_would_allow_more(ray_head_6cpu, tmp_pat
                       "asha": {"max_t": 4, "grace_period": 4}, "trial": {"workers": 1}}
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump({**spec, "output": str(tmp_path / "runs")}))
-    proc = subprocess.run([sys.executable, "-m", "raytrain", "search", str(path)], env=ray_head_6cpu, cwd=tmp_path,
+    proc = subprocess.run([sys.executable, "-m", "raytrain", "search", str(path)], env=ray_head_with(6), cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(next((tmp_path / "runs").glob("s-search/*/search.json")).read_text())

@@ -13,13 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-SPEC = {
-    "name": "r", "seed": 0, "data": {"dataset": "digits", "upscale": 4}, "model": {"name": "mlp", "width": 4.0},
-    "train": {"batch_size": 64, "precision": "fp32", "optimizer": {"name": "sgd", "lr": 0.05}},
-    "search": {"samples": 1, "space": {"train.optimizer.lr": {"grid": [0.05, 0.1]}},
-               "asha": {"max_t": 10, "grace_period": 10, "reduction_factor": 2}, "max_concurrent": 1,
-               "trial": {"workers": 1}},
-}
+from helpers import RESUME_SEARCH
+
 
 
 def _finished(tune_dir: Path) -> dict[str, int]:
@@ -36,7 +31,7 @@ def _finished(tune_dir: Path) -> dict[str, int]:
 def test_resume_after_driver_killed(ray_head, tmp_path):
     _, _, env = ray_head
     spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump({**SPEC, "output": str(tmp_path / "runs")}))
+    spec.write_text(yaml.safe_dump({**RESUME_SEARCH, "output": str(tmp_path / "runs")}))
     cmd = [sys.executable, "-m", "raytrain", "search", str(spec)]
     driver = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240

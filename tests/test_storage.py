@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import free_port, make_exp
+from helpers import RESUME_SEARCH, free_port, make_exp
 from raytrain import checkpoint as ckpt
 from raytrain import trainer
 from raytrain.cli import main
@@ -173,20 +173,13 @@ def test_killed_driver_then_resume_from_s3_finishes_at_the_right_epoch(starts_ra
     assert json.loads(resolve(run + "/result.json").read_text())["status"] == "completed"
 
 
-SEARCH = {
-    "name": "r", "seed": 0, "data": {"dataset": "digits", "upscale": 4}, "model": {"name": "mlp", "width": 4.0},
-    "train": {"batch_size": 64, "precision": "fp32", "optimizer": {"name": "sgd", "lr": 0.05}},
-    "search": {"samples": 1, "space": {"train.optimizer.lr": {"grid": [0.05, 0.1]}},
-               "asha": {"max_t": 10, "grace_period": 10, "reduction_factor": 2}, "max_concurrent": 1,
-               "trial": {"workers": 1}},
-}
 
 
 @pytest.mark.slow
 def test_search_on_s3_killed_and_resumed_keeps_finished_trials_then_reports(starts_ray, s3_server, tmp_path):
     bucket = s3_server()
     spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump({**SEARCH, "output": f"s3://{bucket}/runs"}))
+    spec.write_text(yaml.safe_dump({**RESUME_SEARCH, "output": f"s3://{bucket}/runs"}))
     cmd = [sys.executable, "-m", "raytrain", "search", str(spec)]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
