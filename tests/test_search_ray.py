@@ -38,7 +38,32 @@ def test_asha_wiring_with_scripted_results():
     assert decisions[:2] == [TrialScheduler.CONTINUE] * 2
     assert TrialScheduler.STOP in decisions[2:]
     tt = tuning.make_scheduler(SearchConfig(objective={"time_to_target": 0.9}))
-    assert (tt._metric, tt._mode) == ("val_accuracy", "max")  # still prunes on accuracy
+    assert (tt._metric, tt._mode) == ("seconds_to_rung", "min")
+
+
+def test_time_objective_rungs_keep_the_trial_that_gets_there_sooner():
+    """Three trials at the first rung: a slow, accurate one (98.5% after 13 s) and two fast ones past the
+    intermediate 98% in 6 s and 5 s. Accuracy at equal epochs would stop the 5-second one; seconds to 98%
+    keeps it. A trial that has not reached 98% ranks behind all of them."""
+    from raytrain.tuner.spec import RungClock
+
+    def decide(s: SearchConfig, results):
+        sched = tuning.make_scheduler(s)
+        trials = [Trial("__fake", stub=True, trial_id=f"t{i}") for i in range(len(results))]
+        for t in trials:
+            sched.on_trial_add(None, t)
+        # each trial's own clock adds the signal to its report, as run_trial does
+        return [sched.on_trial_result(None, t, RungClock(s).add({"training_iteration": 1, "val_accuracy": acc,
+                                                                 "elapsed_s": sec}))
+                for t, (acc, sec) in zip(trials, results)]
+
+    results = [(0.985, 13.0), (0.981, 6.0), (0.980, 5.0), (0.979, 4.0)]
+    asha = {"max_t": 4, "grace_period": 1, "reduction_factor": 2}
+    assert RungClock(SearchConfig(objective={"time_to_target": 0.99})).accuracy == pytest.approx(0.98)
+    by_time = decide(SearchConfig(objective={"time_to_target": 0.99}, asha=asha), results)
+    by_accuracy = decide(SearchConfig(asha=asha), results)
+    assert by_time[:3] == [TrialScheduler.CONTINUE] * 3 and by_time[3] == TrialScheduler.STOP
+    assert by_accuracy[2] == TrialScheduler.STOP
 
 
 @pytest.mark.slow

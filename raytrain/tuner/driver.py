@@ -35,14 +35,13 @@ def run(spec: SearchSpec, resume: Optional[str] = None) -> dict:
     for note in spec.notes:
         log.info(f"note: {note}")
     a = spec.search.asha
-    rungs = f"grace={a.grace_seconds:g}s" if a.grace_seconds else f"grace={a.grace_period}"
-    log.info(f"search {run_dir}: {spec.n_trials()} trial(s), ASHA max_t={a.max_t} {rungs} rf={a.reduction_factor:g}, "
+    log.info(f"search {run_dir}: {spec.n_trials()} trial(s), ASHA max_t={a.max_t} grace={a.grace_period} rf={a.reduction_factor:g}, "
              f"{concurrent} at a time, {'in the trial processes' if spec.search.trial.in_trial else 'Ray Train per trial'}")
     grid = tuning.build_tuner(spec, run_dir, resume=resume is not None).fit()
     rows = tuning.collect(spec, grid)
     summary = {"run_dir": run_dir.uri, "wall_s": time.time() - t0, "trials": rows,
                "trial_epochs": tuning.trial_epochs(rows), "max_t": a.max_t, "grace_period": a.grace_period,
-               "grace_seconds": a.grace_seconds, "reduction_factor": a.reduction_factor,
+               "reduction_factor": a.reduction_factor, "rung_signal": rung_signal(spec),
                "objective": spec.search.objective.model_dump(), "notes": spec.notes, "planned_trials": spec.n_trials(),
                "budget": spec.search.budget.model_dump(), "budget_note": budget_note(spec, rows, time.time() - t0)}
     best = tuning.best(rows)
@@ -51,6 +50,15 @@ def run(spec: SearchSpec, resume: Optional[str] = None) -> dict:
         summary["best_yaml"] = (run_dir / "best.yaml").uri
     (run_dir / "search.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def rung_signal(spec: SearchSpec) -> str:
+    """What ASHA's rungs compare (said in search.json and the report)."""
+    target = spec.search.objective.time_to_target
+    if target is None:
+        return f"{spec.search.objective.metric} at equal epochs"
+    rung = spec.search.asha.rung_accuracy or 2 * target - 1
+    return f"seconds to {rung:.2%} val accuracy, at equal epochs"
 
 
 def budget_note(spec: SearchSpec, rows: list[dict], wall_s: float) -> Optional[str]:

@@ -42,7 +42,7 @@ def curves(summary: dict) -> str:
         line, = ax.plot(xs, ys, lw=1.2, alpha=0.8)
         if str(r["status"]).startswith("stopped by ASHA"):
             ax.plot(xs[-1], ys[-1], "x", color=line.get_color(), ms=9, mew=2)
-    for k in range(0 if not summary.get("grace_seconds") else 20, 20):  # rung epochs: grace * rf^k
+    for k in range(0, 20):  # rung epochs: grace * rf^k
         rung = summary["grace_period"] * summary["reduction_factor"] ** k
         if rung >= summary["max_t"]:
             break
@@ -77,25 +77,16 @@ def pareto(summary: dict) -> str:
     return _png(fig)
 
 
-def rung_table(summary: dict) -> list[tuple[str, int, float]]:
-    """(rung, trials that reached it, best val accuracy there); rungs in epochs, or in training seconds."""
-    secs = summary.get("grace_seconds")
-    grace, rf = (secs, summary["reduction_factor"]) if secs else (summary["grace_period"], summary["reduction_factor"])
+def rung_table(summary: dict) -> list[tuple[int, int, float]]:
+    """(rung epoch, trials that reached it, best val accuracy there)."""
     out = []
     for k in range(0, 20):
-        rung = grace * rf ** k
-        if not secs and rung > summary["max_t"]:
+        rung = int(summary["grace_period"] * summary["reduction_factor"] ** k)
+        if rung > summary["max_t"]:
             break
-        accs = []
-        for r in summary["trials"]:
-            hist = [h for h in r["history"] if h.get("val_accuracy") is not None]
-            at = [h for h in hist if (h.get("elapsed_s") or 0) >= rung] if secs else \
-                [h for h in hist if h.get("epoch") == int(rung)]
-            if at:
-                accs.append(at[0]["val_accuracy"])
-        if secs and not accs:
-            break
-        out.append((f"{rung:.0f} s" if secs else str(int(rung)), len(accs), max(accs) if accs else float("nan")))
+        accs = [h["val_accuracy"] for r in summary["trials"] for h in r["history"] if h.get("epoch") == rung
+                and h.get("val_accuracy") is not None]
+        out.append((rung, len(accs), max(accs) if accs else float("nan")))
     return out
 
 
@@ -148,9 +139,10 @@ td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}</style></head><bod
 <h2>Accuracy vs time</h2><img src="data:image/png;base64,{pareto(summary)}">
 <p>{html.escape(summary['run_dir'])} &mdash; {len(summary['trials'])} trials, {summary['trial_epochs']} trial-epochs,
 {summary['wall_s']:.0f} s wall{html.escape(' (' + summary['budget_note'] + ')') if summary.get('budget_note') else ''}.
-Objective: {html.escape(json.dumps(summary['objective']))}</p>
+Objective: {html.escape(json.dumps(summary['objective']))}; ASHA's rungs compare
+{html.escape(summary.get('rung_signal', 'the metric at equal epochs'))}.</p>
 <h2>Learning curves</h2><img src="data:image/png;base64,{curves(summary)}">
-<h2>ASHA rungs</h2><table><tr><th>rung</th><th>trials reaching it</th><th>best val acc</th></tr>{rungs}</table>
+<h2>ASHA rungs</h2><table><tr><th>rung (epoch)</th><th>trials reaching it</th><th>best val acc</th></tr>{rungs}</table>
 <h2>Trials (ranked)</h2><table><tr><th>rank</th><th>params</th><th>epochs</th><th>val acc</th><th>to target (s)</th>
 <th>train (s)</th><th>status</th></tr>{rows}</table></body></html>"""
     out = run / "report.html"

@@ -25,8 +25,8 @@ class Objective(Strict):
     mode: Literal["max", "min"] = "max"
     """Whether larger or smaller is better."""
     time_to_target: Optional[float] = Field(None, gt=0.0)
-    """Rank by training seconds to reach this val_accuracy; a trial stops the moment it reaches it. ASHA
-    compares val accuracy at its rungs (at equal training seconds with `asha.grace_seconds`)."""
+    """Rank by training seconds to reach this val_accuracy; a trial stops the moment it reaches it. ASHA's rungs
+    then compare the seconds each trial took to reach `asha.rung_accuracy`."""
 
 
 class Asha(Strict):
@@ -36,9 +36,9 @@ class Asha(Strict):
     """Epochs every trial gets before it can be stopped."""
     reduction_factor: float = Field(3.0, gt=1.0)
     """Keep the top 1/reduction_factor of trials at each rung."""
-    grace_seconds: Optional[float] = Field(None, gt=0.0)
-    """Rungs at grace_seconds x reduction_factor^k seconds of training instead of at epochs: for a time
-    objective, accuracy after equal time spent predicts time to target (equal epochs favour slow configs)."""
+    rung_accuracy: Optional[float] = Field(None, gt=0.0, lt=1.0)
+    """time_to_target: the intermediate val accuracy whose training seconds the rungs compare (default: the
+    target's error doubled, 0.99 -> 0.98); a trial yet to reach it ranks behind every one that has."""
 
     @model_validator(mode="after")
     def _grace(self) -> "Asha":
@@ -102,6 +102,29 @@ class SearchConfig(Strict):
                 if kind == "randint" and not all(float(a).is_integer() for a in args):
                     raise ValueError(f"{key}: randint takes integer bounds")
         return space
+
+
+class RungClock:
+    """For a time objective, what ASHA's rungs (at equal epochs) compare: the training seconds a trial took to
+    reach an intermediate accuracy, the signal that predicts time to the target. Accuracy at equal epochs would
+    favour configurations that are slow per epoch; accuracy "at equal seconds" cannot be had from per-epoch
+    reports of epochs of different lengths. A trial yet to reach it ranks behind every trial that has, by its
+    seconds so far."""
+
+    METRIC, BEHIND = "seconds_to_rung", 1.0e6
+
+    def __init__(self, s: SearchConfig):
+        target = s.objective.time_to_target
+        self.accuracy = None if target is None else (s.asha.rung_accuracy or 2 * target - 1)
+        self.reached = None
+
+    def add(self, metrics: dict) -> dict:
+        if self.accuracy is None or "val_accuracy" not in metrics:
+            return metrics
+        if self.reached is None and metrics["val_accuracy"] >= self.accuracy:
+            self.reached = float(metrics.get("elapsed_s", 0.0))
+        seconds = self.reached if self.reached is not None else self.BEHIND + float(metrics.get("elapsed_s", 0.0))
+        return {**metrics, self.METRIC: seconds}
 
 
 class SearchSpec:

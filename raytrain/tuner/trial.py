@@ -20,7 +20,7 @@ from ray import tune
 
 from raytrain import _ray_compat, console, epochs
 from raytrain.errors import UserError
-from raytrain.tuner.spec import SearchConfig, SearchSpec
+from raytrain.tuner.spec import RungClock, SearchConfig, SearchSpec
 
 RELEASE_WAIT_S = 30.0
 _datasets: dict = {}  # per trial process: (data info JSON, workers) -> Ingest, reused by the next trials
@@ -40,8 +40,8 @@ def run_trial(config: dict, raw: dict, search_json: str, source: str, run_uri: s
         exp = spec.trial_experiment(config)
         prep = trainer.preflight(exp)
     except UserError as e:  # a combination the schema or the hardware refuses: skip it, keep searching
-        tune.report({"val_accuracy": 0.0, "val_loss": math.inf, "epoch": 0, "elapsed_s": 0.0,
-                     "stop_reason": f"skipped: {e}", **_span(started)})
+        tune.report(RungClock(spec.search).add({"val_accuracy": 0.0, "val_loss": math.inf, "epoch": 0, "elapsed_s": 0.0,
+                                                "stop_reason": f"skipped: {e}", **_span(started)}))
         return
     key = (prep.info.to_json(), exp.data.model_dump_json(), exp.seed, exp.parallel.workers,
            exp.parallel.pipeline.stages > 1)
@@ -54,29 +54,30 @@ def run_trial(config: dict, raw: dict, search_json: str, source: str, run_uri: s
         from raytrain.hosts import TuneHost
 
         device = torch.device("cuda", 0) if exp.parallel.use_gpu else torch.device("cpu")
-        epochs.run(_Spanned(TuneHost(ingest.datasets, device), started), plan)
+        epochs.run(_Annotated(TuneHost(ingest.datasets, device), started, RungClock(spec.search)), plan)
         return
-    _nested(exp, plan, ingest, run_uri)
+    _nested(exp, plan, ingest, run_uri, RungClock(spec.search))
 
 
-class _Spanned:
-    """A host that adds the trial's monotonic start and report time to each report (overlap checks)."""
+class _Annotated:
+    """A host that adds to each report what the search layer needs: the trial's monotonic start and report
+    times (overlap checks) and, for a time objective, the seconds to the rung accuracy (ASHA's signal)."""
 
-    def __init__(self, host, started: float):
-        self.host, self.started = host, started
+    def __init__(self, host, started: float, clock: RungClock):
+        self.host, self.started, self.clock = host, started, clock
 
     def __getattr__(self, name):
         return getattr(self.host, name)
 
     def report(self, metrics: dict, files) -> None:
-        self.host.report({**metrics, **_span(self.started)}, files)
+        self.host.report(self.clock.add({**metrics, **_span(self.started)}), files)
 
 
 def _span(started: float) -> dict:
     return {"trial_started_mono": started, "reported_mono": time.monotonic()}
 
 
-def _nested(exp, plan, ingest, run_uri: str) -> None:
+def _nested(exp, plan, ingest, run_uri: str, clock: RungClock) -> None:
     """The trial's own TorchTrainer, its checkpoints in the search's storage (<run>/trials/<trial id>/train),
     never in Tune's local staging folder, so they outlive the cluster and a resumed search finds them."""
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -85,7 +86,11 @@ def _nested(exp, plan, ingest, run_uri: str) -> None:
     from raytrain.worker_group import build_trainer, root_cause
 
     trial_dir = storage.resolve(run_uri) / "trials" / tune.get_context().get_trial_id()
-    fit = build_trainer(exp, plan, ingest, trial_dir, callbacks=[TuneReportCallback()])
+    class Forward(TuneReportCallback):  # Train's reports to Tune, with ASHA's signal added
+        def after_report(self, run_context, metrics, checkpoint):
+            super().after_report(run_context, [clock.add(m) for m in metrics], checkpoint)
+
+    fit = build_trainer(exp, plan, ingest, trial_dir, callbacks=[Forward()])
     try:
         fit.fit()
     except ray.train.TrainingFailedError as e:

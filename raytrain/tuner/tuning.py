@@ -26,7 +26,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from raytrain.errors import UserError
 from raytrain.runtime import check_fits
 from raytrain.storage import Location
-from raytrain.tuner.spec import SearchConfig, SearchSpec
+from raytrain.tuner.spec import RungClock, SearchConfig, SearchSpec
 from raytrain.tuner.trial import trainable
 
 TUNE_DIR = "tune"
@@ -102,14 +102,11 @@ def build_tuner(spec: SearchSpec, run_dir: Location, resume: bool = False) -> tu
 
 
 def make_scheduler(s: SearchConfig) -> ASHAScheduler:
-    """ASHA on epochs (one report per epoch = one training_iteration), or with `asha.grace_seconds` on
-    training seconds. With time_to_target it compares val accuracy: at equal time spent, the trial that
-    is ahead is the one likely to reach the target first."""
-    metric, mode = ("val_accuracy", "max") if s.objective.time_to_target else (s.objective.metric, s.objective.mode)
+    """ASHA on epochs (one report per epoch = one training_iteration). For an accuracy objective its rungs
+    compare the objective's metric; for a time objective, the seconds to an intermediate accuracy
+    (`RungClock`, added to every report by the trial)."""
     a = s.asha
-    if a.grace_seconds is not None:  # rungs at grace x rf^k seconds; trials end by their own epochs
-        return ASHAScheduler(time_attr="elapsed_s", metric=metric, mode=mode, grace_period=a.grace_seconds,
-                             max_t=a.grace_seconds * a.reduction_factor ** 8, reduction_factor=a.reduction_factor)
+    metric, mode = (RungClock.METRIC, "min") if s.objective.time_to_target else (s.objective.metric, s.objective.mode)
     return ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=a.max_t,
                          grace_period=a.grace_period, reduction_factor=a.reduction_factor)
 
