@@ -10,7 +10,8 @@ import time
 
 from bench.common import RESULTS, ROOT, load
 
-SECTIONS = ["foundation", "startup", "mnist", "search", "asha", "ablation", "storage", "streaming", "pipeline", "gpu"]
+SECTIONS = ["startup", "mnist", "foundation", "search", "trials", "asha", "ablation", "storage", "streaming", "pipeline",
+            "gpu"]
 DEFAULT = "startup,mnist,foundation"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 

@@ -96,6 +96,7 @@ def _preflight(exp: Experiment, model: Optional[Callable]):
 
     prepared = trainer.preflight(exp, model)
     trainer.warm_up()
+    prepared.checked_at = time.time()
     return prepared
 
 
@@ -135,7 +136,10 @@ def train(exp: Union[Experiment, PathLike], *, model: Optional[Callable] = None,
         # side by side, the first step comes that much sooner. Bad input still ends in one UserError.
         ready = runtime.in_background(_preflight, exp, model) if datasets is None else None
         with runtime.ray_session() as kind:
+            ray_up = time.time()
             prepared = ready.result() if ready is not None else None
+            if prepared is not None:
+                prepared.ray_up_at = ray_up
             from raytrain import trainer
 
             url = runtime.dashboard_url()

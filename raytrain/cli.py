@@ -169,6 +169,10 @@ def _print_summary(s: dict) -> None:
     print(f"wall time   {s['wall_s']:.1f} s{startup}, {s['mode']}, data {s['ingest']}")
     if s.get("startup"):
         print("start-up    " + ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in s["startup"].items()))
+    if s.get("startup_side_by_side"):
+        side = s["startup_side_by_side"]
+        print("            (side by side from launch: " + ", ".join(f"{k.replace('_', ' ')} done at {v:.1f} s"
+                                                                for k, v in side.items()) + ")")
     print(f"checkpoint  {s['checkpoint']}")
     print(f"logs        {s['metrics_log']}  (summary: {s['run_dir']}/result.json)")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -105,12 +106,30 @@ def head(tmp_path: Path, extra_args: tuple = (), extra_env: dict | None = None, 
             current.unlink()
 
 
-# A search whose trials take a few seconds each (2 of them, one at a time): long enough to kill its driver
-# between the first trial's end and the second's (tests/test_search_resume.py, tests/test_storage.py).
+# A search of 2 trials, one at a time; the second (digits upscaled 8x) runs several times longer than the
+# first (2x), so a driver killed once the first is seen finished in storage still has the second to resume
+# (tests/test_storage.py).
 RESUME_SEARCH = {
     "name": "r", "seed": 0, "data": {"dataset": "digits", "upscale": 4}, "model": {"name": "mlp", "width": 4.0},
     "train": {"batch_size": 64, "precision": "fp32", "optimizer": {"name": "sgd", "lr": 0.05}},
-    "search": {"samples": 1, "space": {"train.optimizer.lr": {"grid": [0.05, 0.1]}},
-               "asha": {"max_t": 10, "grace_period": 10, "reduction_factor": 2}, "max_concurrent": 1,
+    "search": {"samples": 1, "space": {"data.upscale": {"grid": [2, 8]}},
+               "asha": {"max_t": 6, "grace_period": 6, "reduction_factor": 2}, "max_concurrent": 1,
                "trial": {"workers": 1}},
 }
+
+# Tune snapshots its experiment state (and syncs trial results to storage) at most every 10 s by default: a
+# trial that ended less than a snapshot before the driver died is rerun by a resume, by Tune's design. The
+# driver a test kills snapshots every second, so a trial seen finished in storage is finished in the snapshot.
+SNAPSHOT_EVERY_SECOND = {"TUNE_GLOBAL_CHECKPOINT_S": "1"}
+
+
+def run_cli(cmd: list, timeout: float, **kw) -> subprocess.CompletedProcess:
+    """`subprocess.run` of a CLI command, failing the test with the command's last output if it overruns
+    (pytest-timeout would show only where the test waited)."""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    except subprocess.TimeoutExpired as e:
+        def tail(b, n):  # on POSIX the partial output arrives as bytes, even with text=True
+            return (b.decode(errors="replace") if isinstance(b, bytes) else b or "")[-n:]
+        pytest.fail(f"{' '.join(map(str, cmd[1:]))} still running after {timeout:.0f} s:\n"
+                    f"{tail(e.stdout, 3000)}\n---\n{tail(e.stderr, 5000)}")

@@ -136,3 +136,35 @@ def test_admission_limit_holds_where_ray_would_allow_more(ray_head_with, tmp_pat
     assert len(spans) == 6
     alive = [sum(a <= t < b for a, b in spans) for t, _ in spans]  # trials alive when each one started
     assert max(alive) == 2, spans
+
+
+def test_time_search_budget_best_yaml_and_report(ray_local, tmp_path):
+    """A time-to-target search on digits with a trial-epoch budget: it stops admitting trials once the budget
+    is spent (running ones finish) and says what it spent; its best.yaml, retrained with `raytrain train`,
+    reproduces the winning trial (same resources, same epochs, same stop at the target); report.html opens
+    with the fastest configuration and a ready command."""
+    spec = json.loads(json.dumps(SPEC))
+    spec["search"].update(samples=12, objective={"time_to_target": 0.9}, budget={"trial_epochs": 6},
+                          space={"train.optimizer.lr": {"loguniform": [0.02, 0.2]}}, max_concurrent=1,
+                          trial={"workers": 1, "cpus_per_worker": 2})
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump({**spec, "output": str(tmp_path / "runs")}))
+    summary = driver.run(load_spec(spec_path))
+    assert len(summary["trials"]) < 12 and summary["trial_epochs"] >= 6  # admission stopped; running one finished
+    assert summary["budget_note"].startswith(f"spent {summary['wall_s']:.0f} s, {summary['trial_epochs']} of 6 "
+                                             "trial-epochs; admitted")
+    winner = summary["trials"][0]
+    assert winner["time_to_target_s"] is not None, summary["trials"]
+
+    best = load_experiment(Path(summary["run_dir"]) / "best.yaml", [f"output={tmp_path / 'best'}"])
+    assert best.parallel.cpus_per_worker == 2 and best.train.early_stopping.target == 0.9
+    assert best.parallel.max_failures == 2  # the experiment's own restarts, not the trials' none
+    again = trainer.run(best)
+    assert again["status"].startswith("target val_accuracy=0.9 reached"), again
+    assert again["final"]["epoch"] == winner["epochs"]  # the same epoch reaches the target
+    assert again["final"]["val_accuracy"] == pytest.approx(winner["val_accuracy"], abs=0.02)
+
+    html = Path(write_report(summary["run_dir"])).read_text()
+    head = html.split("<h2>")[0]
+    assert "Fastest to 90.00%" in head and "raytrain train " in head and "best.yaml" in head
+    assert f"of {len(summary['trials'])} trials reached 90.00%" in head

@@ -49,7 +49,7 @@ def test_two_workers_stream_a_folder_and_match_materialize(ray_local, exp_dict, 
     runs = {}
     for ingest in ("stream", "materialize"):
         exp = make_exp(exp_dict, data=_data(train, val, ingest=ingest), model__name="mlp", model__width=1.0,
-                       parallel__workers=2, parallel__cpus_per_worker=0.5, train__epochs=4,
+                       parallel__workers=2, parallel__cpus_per_worker=0.5, train__epochs=2,
                        train__optimizer={"name": "adamw", "lr": 0.01})
         s = trainer.run(exp)
         assert s["status"] == "completed" and s["ingest"] == ingest and s["mode"] == "worker-group", s

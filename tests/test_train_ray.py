@@ -21,21 +21,6 @@ from raytrain import trainer
 from raytrain.errors import UserError
 
 
-def test_two_worker_ddp_on_digits_learns(ray_local, exp_dict):
-    exp = make_exp(exp_dict, model__name="cnn", model__width=1.0, parallel__workers=2, train__epochs=4,
-               train__precision="auto", train__schedule={"name": "cosine", "warmup_epochs": 1})
-    s = trainer.run(exp)
-    assert s["status"] == "completed", s
-    assert s["final"]["val_accuracy"] > 0.80
-    rows = metric_rows(Path(s["run_dir"]))
-    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
-    assert sum("checkpoint" in r for r in rows) == 4  # every_epochs=1
-    ckpts = sorted((Path(s["run_dir"]) / "train").glob("checkpoint_*"))
-    ckpts = [c for c in ckpts if c.is_dir()]
-    assert len(ckpts) == 2  # keep=2
-    assert json.loads((Path(s["run_dir"]) / "result.json").read_text())["final"]["epoch"] == 4
-
-
 def _one_batch_parquet(path, n=72, dim=16):
     rng = np.random.default_rng(3)
     x = rng.normal(size=(n, dim)).astype(np.float32)
@@ -60,7 +45,8 @@ def test_ddp_two_workers_equal_one_worker_after_one_step(ray_local, exp_dict, tm
 def test_user_project_parquet_and_model_from_the_launch_directory(tmp_path, starts_ray):
     """A user's own directory: their Parquet (other column names) and their model module beside it, trained
     with the installed `raytrain` console script on an embedded Ray; the driver and both workers import
-    the model from the launch directory."""
+    the model from the launch directory. Two DDP workers learn; every epoch is a row and a checkpoint, and only
+    `checkpoint.keep` of them stay."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -72,6 +58,7 @@ def test_user_project_parquet_and_model_from_the_launch_directory(tmp_path, star
     exp = {"name": "mine", "seed": 0, "data": {"dataset": "parquet", "path": "digits.parquet", "features": "pixels",
                                                "label": "target", "shape": [1, 8, 8]},
            "model": {"name": "my_models:small"}, "output": "runs", "parallel": {"workers": 2},
+           "checkpoint": {"every_epochs": 1, "keep": 2},
            "train": {"epochs": 3, "batch_size": 64, "precision": "fp32", "optimizer": {"name": "sgd", "lr": 0.1}}}
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
     cli = Path(sys.executable).parent / "raytrain"
@@ -79,8 +66,13 @@ def test_user_project_parquet_and_model_from_the_launch_directory(tmp_path, star
     proc = subprocess.run([str(cli), "train", "exp.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(next(tmp_path.glob("runs/mine/*/result.json")).read_text())
+    run_dir = next(tmp_path.glob("runs/mine/*"))
+    result = json.loads((run_dir / "result.json").read_text())
     assert result["status"] == "completed" and result["final"]["val_accuracy"] > 0.7, result["final"]
+    assert result["mode"] == "worker-group" and result["final"]["epoch"] == 3
+    rows = metric_rows(run_dir)
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and all("checkpoint" in r for r in rows)
+    assert len([c for c in (run_dir / "train").glob("checkpoint_*") if c.is_dir()]) == 2
 
 
 @pytest.mark.parametrize("patch,msg", [

@@ -78,7 +78,11 @@ def write_best(spec: SearchSpec, best: dict, path: storage.Location) -> None:
     time to target means the same on `raytrain train`), the full epoch budget and the stop at the target."""
     raw = spec.trial_raw(best["params"])
     raw["name"] = f"{spec.base.name}-best"
-    raw.setdefault("parallel", {})["max_failures"] = spec.base.parallel.max_failures
+    own = (spec.raw.get("parallel") or {}).get("max_failures")  # the experiment's own, not the trials' 0
+    if own is None:
+        raw["parallel"].pop("max_failures", None)
+    else:
+        raw["parallel"]["max_failures"] = own
     exp = validate_experiment(raw, path.uri)
     path.write_text(f"# best trial {best['trial_id']} of {spec.source}: {best['status']}\n" + to_yaml(exp))
 
