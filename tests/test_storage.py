@@ -28,8 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _s3():
-    import os
-
     return boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
 
 
