@@ -186,39 +186,58 @@ def test_search_on_s3_killed_and_resumed_keeps_finished_trials_then_reports(ray_
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**env, **SNAPSHOT_EVERY_SECOND})
 
-    def finished() -> list[str]:
-        """Storage paths of the trials that Tune's latest state snapshot in S3 holds as terminated."""
+    def snapshot() -> dict:
+        """trial id -> (storage path, status), as Tune's latest state snapshot in S3 holds them."""
         from ray.tune import ExperimentAnalysis
 
         states = [k for k in _keys(bucket) if "/tune/experiment_state-" in k]
         if not states:
-            return []
+            return {}
         tune_dir, fs = resolve(f"s3://{bucket}/{states[-1].rsplit('/', 1)[0]}").for_ray()
         try:
             trials = ExperimentAnalysis(tune_dir, storage_filesystem=fs).trials
         except Exception:  # the snapshot is being replaced: look again
+            return {}
+        return {t.trial_id: (t.path.split("/", 1)[1], t.status) for t in trials}
+
+    def results(trial: str) -> list[dict]:
+        """Tune's result.json of a trial, as stored in S3 now."""
+        if not _keys(bucket, f"{trial}/result.json"):
             return []
-        return [t.path.split("/", 1)[1] for t in trials if t.status == "TERMINATED"]
+        body = _s3().get_object(Bucket=bucket, Key=f"{trial}/result.json")["Body"].read().decode()
+        return [json.loads(line) for line in body.splitlines() if line.strip()]
+
+    def finished() -> list[str]:
+        """The trials finished in the snapshot, once another one has 2 results in S3: its epoch-1 checkpoint
+        is then in a snapshot too (uploads follow the snapshot they were taken with), so it resumes from it."""
+        trials = snapshot().values()
+        done = [path for path, status in trials if status == "TERMINATED"]
+        started = [path for path, status in trials if status != "TERMINATED" and len(results(path)) >= 2]
+        return done if done and started else []
 
     def trained(trial: str) -> tuple:
         """What training a trial leaves in S3: its checkpoint objects (each epoch's, written by the trial
         itself) and its results (Tune's result.json)."""
-        body = _s3().get_object(Bucket=bucket, Key=f"{trial}/result.json")["Body"].read().decode()
-        return [k for k in _keys(bucket, f"{trial}/checkpoint_")], len(body.splitlines())
+        return _keys(bucket, f"{trial}/checkpoint_"), len(results(trial))
 
-    done = _wait(finished, proc, 240, "finished trial")
+    done = _wait(finished, proc, 240, "a finished trial beside a started one")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     before = {t: trained(t) for t in done}
     assert all(len({k.split("/")[-2] for k in ks}) == 6 for ks, _ in before.values()), before  # 6 epochs, 6 checkpoints
+    trials = snapshot()
     run = "s3://" + bucket + "/" + next(k for k in _keys(bucket) if k.endswith("spec.yaml")).rsplit("/", 1)[0]
     assert not resolve(run + "/search.json").exists()
     resumed = run_cli(cmd + ["--resume", run], 200, cwd=tmp_path, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads(resolve(run + "/search.json").read_text())
-    assert len(summary["trials"]) == 2 and all(r["epochs"] == 6 for r in summary["trials"]), summary["trials"]
+    assert {r["trial_id"] for r in summary["trials"]} == set(trials)  # the same trials, restored, not new ones
+    assert all(r["epochs"] == 6 for r in summary["trials"]), summary["trials"]
     for trial, was in before.items():  # finished before the kill: not one checkpoint or result more
         assert trained(trial) == was, trial
+    for path, _ in trials.values():  # the interrupted one went on from its checkpoint, not from epoch 1
+        epochs = [r["epoch"] for r in results(path) if "epoch" in r]
+        assert epochs[-1] == 6 and epochs.count(1) == 1, (path, epochs)
     assert main(["report", run]) == 0
     html = resolve(run + "/report.html").read_text()
     assert "Best configuration" in html and html.count("data:image/png;base64,") == 2
