@@ -113,7 +113,7 @@ RESUME_SEARCH = {
     "name": "r", "seed": 0, "data": {"dataset": "digits", "upscale": 4}, "model": {"name": "mlp", "width": 4.0},
     "train": {"batch_size": 64, "precision": "fp32", "optimizer": {"name": "sgd", "lr": 0.05}},
     "search": {"samples": 1, "space": {"data.upscale": {"grid": [2, 8]}},
-               "asha": {"max_t": 6, "grace_period": 6, "reduction_factor": 2}, "max_concurrent": 1,
+               "asha": {"max_t": 6, "grace_period": 6, "reduction_factor": 2}, "max_concurrent": 1, "order": "listed",
                "trial": {"workers": 1}},
 }
 

@@ -39,16 +39,26 @@ def _accuracy(model: torch.nn.Module, exp) -> float:
 
 
 def test_stage_checkpoints_resume_and_export(ray_local, exp_dict, tmp_path, capsys):
-    first = trainer.run(_exp(exp_dict, train__epochs=1))
+    first = trainer.run(_exp(exp_dict, train__epochs=2))
     assert first["status"] == "completed", first
     run_dir = Path(first["run_dir"])
     files = sorted(p.name for p in Path(first["checkpoint"]).iterdir())
     assert [f for f in files if f.endswith(".pt")] == ["stage_0.pt", "stage_1.pt"]  # one shard per stage
     assert [f for f in files if f.endswith(".sha256")] == ["stage_0.pt.sha256", "stage_1.pt.sha256"]
-    second = trainer.run(_exp(exp_dict, train__epochs=2), resume=run_dir)
+
+    # One stage's shard of the newest checkpoint torn: export falls back to the previous checkpoint, and on
+    # resume both stages agree on that one (epoch 2 redone by every stage, not by one of them), then go on.
+    newest = Path(first["checkpoint"])
+    previous = sorted(p for p in newest.parent.glob("checkpoint_*") if p.is_dir() and p.name < newest.name)[-1]
+    (newest / "stage_1.pt").write_bytes(b"\x00torn")
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="stage_1.pt: checksum mismatch"):
+        assert main(["export", str(run_dir), "--out", str(tmp_path / "previous.pt")]) == 0
+    assert f"from {previous}" in capsys.readouterr().out
+    second = trainer.run(_exp(exp_dict, train__epochs=3), resume=run_dir)
     assert second["status"] == "completed", second
     rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2]  # resumed after epoch 1, not from scratch
+    assert [r["epoch"] for r in rows] == [1, 2, 2, 3]  # resumed after epoch 1, not from scratch
     final = second["final"]
     assert final["pipeline_stages"] == 2 and len(final["stage_params"]) == 2
     assert sum(final["stage_params"]) == final["params_total"]
@@ -60,19 +70,6 @@ def test_stage_checkpoints_resume_and_export(ray_local, exp_dict, tmp_path, caps
     model.load_state_dict(torch.load(out, weights_only=True))  # an ordinary, unsplit state_dict
     assert _accuracy(model, exp) == pytest.approx(final["val_accuracy"], abs=1e-9)
     assert main(["export", str(run_dir), "--out", str(out)]) == 2  # never overwrites
-
-    # One stage's shard of the newest checkpoint torn: export falls back to the previous checkpoint, and on
-    # resume both stages agree on that one (epoch 2 redone by every stage, not by one of them).
-    newest = Path(second["checkpoint"])
-    previous = sorted(p for p in newest.parent.glob("checkpoint_*") if p.is_dir() and p.name < newest.name)[-1]
-    (newest / "stage_1.pt").write_bytes(b"\x00torn")
-    capsys.readouterr()
-    with pytest.warns(UserWarning, match="stage_1.pt: checksum mismatch"):
-        assert main(["export", str(run_dir), "--out", str(tmp_path / "previous.pt")]) == 0
-    assert f"from {previous}" in capsys.readouterr().out
-    third = trainer.run(_exp(exp_dict, train__epochs=3), resume=run_dir)
-    assert third["status"] == "completed", third
-    assert [json.loads(r)["epoch"] for r in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2, 2, 3]
 
 
 def test_failing_stage_fails_the_run_not_hangs(ray_local, exp_dict):

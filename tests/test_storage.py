@@ -139,14 +139,14 @@ def test_sigkilled_train_worker_resumes_from_its_s3_checkpoint(ray_local, s3_ser
     assert _epochs(s["run_dir"]) == [1, 2, 3]  # restarted from the epoch-1 checkpoint on S3
 
 
-def _wait(predicate, proc, seconds: float, what: str):
+def _wait(predicate, proc, seconds: float, what: str, every: float = 0.1):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         assert proc.poll() is None, f"finished before {what}: {proc.stdout.read()[-2000:] if proc.stdout else ''}"
-        time.sleep(0.1)
+        time.sleep(every)
     pytest.fail(f"no {what} within {seconds:.0f} s")
 
 
@@ -220,9 +220,12 @@ def test_search_on_s3_killed_and_resumed_keeps_finished_trials_then_reports(ray_
         itself) and its results (Tune's result.json)."""
         return _keys(bucket, f"{trial}/checkpoint_"), len(results(trial))
 
-    done = _wait(finished, proc, 240, "a finished trial beside a started one")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    try:
+        # each look reads Tune's snapshot back from S3 in this process: every 0.5 s, not to starve the trials
+        done = _wait(finished, proc, 240, "a finished trial beside a started one", every=0.5)
+    finally:
+        proc.kill()  # SIGKILL: the driver dies mid-search (or the wait failed: never leave it running)
+        proc.wait(timeout=30)
     before = {t: trained(t) for t in done}
     assert all(len({k.split("/")[-2] for k in ks}) == 6 for ks, _ in before.values()), before  # 6 epochs, 6 checkpoints
     trials = snapshot()

@@ -44,15 +44,16 @@ def _data(train, val, **kw) -> dict:
 @pytest.mark.slow
 def test_two_workers_stream_a_folder_and_match_materialize(ray_local, exp_dict, tmp_path):
     """2 workers stream 8 files on a 2-CPU Ray (0.5 CPU each, 1 CPU for Ray Data's reads): same data, same seed,
-    same epochs as materialising; the accuracies agree within the noise of a different shuffle."""
+    same epochs and global batch as materialising (in-process, one worker); the accuracies agree within the
+    noise of a different shuffle."""
     train, val = _digits_parquet(tmp_path / "data")
     runs = {}
-    for ingest in ("stream", "materialize"):
+    for ingest, parallel, mode in (("stream", {"workers": 2, "cpus_per_worker": 0.5}, "worker-group"),
+                                   ("materialize", {"workers": 1, "cpus_per_worker": 1}, "in-process")):
         exp = make_exp(exp_dict, data=_data(train, val, ingest=ingest), model__name="mlp", model__width=1.0,
-                       parallel__workers=2, parallel__cpus_per_worker=0.5, train__epochs=2,
-                       train__optimizer={"name": "adamw", "lr": 0.01})
+                       parallel=parallel, train__epochs=2, train__optimizer={"name": "adamw", "lr": 0.01})
         s = trainer.run(exp)
-        assert s["status"] == "completed" and s["ingest"] == ingest and s["mode"] == "worker-group", s
+        assert s["status"] == "completed" and s["ingest"] == ingest and s["mode"] == mode, s
         runs[ingest] = s["final"]
     assert runs["stream"]["val_accuracy"] > 0.85
     assert abs(runs["stream"]["val_accuracy"] - runs["materialize"]["val_accuracy"]) < 0.05, runs

@@ -139,6 +139,8 @@ def _max_label(ds, lazy: bool) -> int:
         return max((pc.max(b.column("y")).as_py() for b in blocks if b.num_rows), default=-1)
 
     refs = ds.to_arrow_refs()
+    if not refs:
+        return -1
     per = -(-len(refs) // 8)  # a few tasks, each given a run of blocks (one task per block costs a worker each)
     return int(max(ray.get([blocks_max.remote(*refs[i:i + per]) for i in range(0, len(refs), per)])))
 
