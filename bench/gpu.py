@@ -13,7 +13,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from bench.common import OUT, ROOT, cli, median, module
+from bench.common import OUT, ROOT, cli, median, module, rows_of, steady
+from raytrain.data.mnist import MNIST_MEAN, MNIST_STD
 
 RECIPES = {"classic cnn, batch 64": "mnist-classic.yaml", "fast recipe, batch 128": "mnist-fast.yaml"}
 
@@ -29,7 +30,7 @@ def _plain_rate(yaml_file: str, epochs: int = 3) -> float:
     exp = load_experiment(ROOT / "experiments" / yaml_file)
     dev = torch.device("cuda")
     (xt, yt), _ = load_mnist(default_dir())
-    x = ((torch.from_numpy(xt).float() / 255 - 0.1307) / 0.3081).to(dev)
+    x = ((torch.from_numpy(xt).float() / 255 - MNIST_MEAN) / MNIST_STD).to(dev)
     y = torch.from_numpy(yt).to(dev)
     model = build_model(exp.model.name, (1, 28, 28), 10, exp.model.width, exp.model.dropout).to(dev)
     if exp.train.channels_last is not False:
@@ -49,16 +50,15 @@ def _plain_rate(yaml_file: str, epochs: int = 3) -> float:
             opt.step()
         torch.cuda.synchronize()
         rates.append(len(y) / (time.perf_counter() - t0))
-    return median(rates[1:])
+    return steady(rates)
 
 
 def _raytrain_rate(yaml_file: str) -> dict:
     r = cli("train", str(ROOT / "experiments" / yaml_file), "--set", "parallel.use_gpu=true", "--set", "train.epochs=3",
             "--set", "train.early_stopping=null", "--set", f"output={OUT}")
-    from bench.common import rows_of
 
     rows = rows_of(r["summary"])
-    return {"samples_per_s": median([x["samples_per_s"] for x in rows[1:]]), "device_cache": rows[-1].get("device_cache"),
+    return {"samples_per_s": steady([x["samples_per_s"] for x in rows]), "device_cache": rows[-1].get("device_cache"),
             "precision": rows[-1].get("precision")}
 
 

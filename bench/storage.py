@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from bench.common import OUT, experiment, median, rows_of
+from bench.common import OUT, experiment, median, rows_of, steady
 
 EXP = {"model__name": "resnet", "model__width": 2.0, "train__epochs": 5, "train__batch_size": 128,
        "train__optimizer": {"name": "adamw", "lr": 0.005}, "parallel__cpus_per_worker": 2}
@@ -21,7 +21,7 @@ def _run(output: str) -> dict:
     gaps = [b["since_launch_s"] - a["since_launch_s"] for a, b in zip(rows, rows[1:])]
     newest = ckpt.checkpoint_dirs(storage.resolve(s["run_dir"]) / ckpt.RUN_STORAGE)[0]
     size = sum(c.info().size for c in newest.children())
-    return {"epoch_wall_s": median(gaps), "epoch_s": median([r["epoch_s"] for r in rows[1:]]), "checkpoint_mb": size / 1e6,
+    return {"epoch_wall_s": median(gaps), "epoch_s": steady([r["epoch_s"] for r in rows]), "checkpoint_mb": size / 1e6,
             "run_dir": s["run_dir"]}
 
 

@@ -17,7 +17,7 @@ import hashlib
 import io
 import warnings
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable, Optional
 
 import torch
@@ -109,6 +109,11 @@ def checkpoint_dirs(storage: Location) -> list[Location]:
     """Checkpoint folders under a run's checkpoint storage (any filesystem), newest first, by listing it."""
     dirs = [c for c in storage.children(dirs_only=True) if c.name.startswith("checkpoint_")]
     return sorted(dirs, key=lambda c: c.name, reverse=True)
+
+
+def in_storage(store: Location, ray_checkpoint) -> Location:
+    """A checkpoint Ray or Tune reports, as the same-named folder of `store` (keeping its scheme and options)."""
+    return store / PurePosixPath(ray_checkpoint.path).name
 
 
 def candidates(registered: Optional[Location], storage: Optional[Location]) -> list[Location]:

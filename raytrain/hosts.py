@@ -74,7 +74,7 @@ class TrainHost(Host):
         cp = ray.train.get_checkpoint()
         if cp is None:
             return None
-        return self.checkpoints() / cp.path.rstrip("/").rsplit("/", 1)[-1]
+        return ckpt.in_storage(self.checkpoints(), cp)
 
     def checkpoints(self) -> Optional[Location]:
         return storage.resolve(self.plan.checkpoints) if self.plan.checkpoints else None

@@ -124,7 +124,7 @@ def run(exp: Experiment, resume: Optional[str] = None, launch: Optional[float] =
     log.info(f"run {run_dir}  ({info.n_train} train / {info.n_val} val examples, shape {info.in_shape}, "
              f"{info.num_classes} classes, {exp.parallel.workers} worker(s), {'in-process' if local else 'worker group'}, "
              f"{info.ingest})")
-    logged = len(read_rows(run_dir))  # a resumed run's start-up is its own first new row
+    logged = len(read_rows(run_dir)) if resume is not None else 0  # a resumed run's start-up: its first new row
     ingest = user or build(exp, info, prep.source)
     marks["datasets_ready"] = time.time()
     plan = RunPlan(exp.model_dump_json(), info.to_json(), steps_per_epoch(exp, info), ingest.shards,
@@ -147,8 +147,8 @@ def run(exp: Experiment, resume: Optional[str] = None, launch: Optional[float] =
         "checkpoint": checkpoint or _last_checkpoint(run_dir), "metrics_log": (run_dir / ckpt.METRICS).uri,
         "config": exp.model_dump(mode="json"), "first_step_s": first.get("first_step_s"),
         "startup": startup_breakdown(launch, marks, first, plan.mode),
-        "startup_side_by_side": {k: round(t - launch, 2) for k, t in (("ray_init", getattr(prep, "ray_up_at", None)),
-                                 ("imports_and_checks", getattr(prep, "checked_at", None))) if t},
+        "startup_side_by_side": {k: round(t - launch, 2) for k, t in (("ray_init", prep.ray_up_at),
+                                 ("imports_and_checks", prep.checked_at)) if t},
         "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this process alone
     }
     (run_dir / ckpt.RESULT).write_text(json.dumps(summary, indent=2, default=str))

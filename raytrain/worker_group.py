@@ -57,8 +57,8 @@ def fit(exp: Experiment, plan: RunPlan, ingest: Ingest, run_dir: storage.Locatio
         result = trainer.fit()
     except ray.train.TrainingFailedError as e:
         return {}, None, root_cause(e)
-    name = result.checkpoint.path.rstrip("/").rsplit("/", 1)[-1] if result.checkpoint else None
-    return dict(result.metrics or {}), (run_dir / ckpt.RUN_STORAGE / name).uri if name else None, None
+    where = ckpt.in_storage(run_dir / ckpt.RUN_STORAGE, result.checkpoint).uri if result.checkpoint else None
+    return dict(result.metrics or {}), where, None
 
 
 def root_cause(e: Exception) -> str:

@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from helpers import make_exp, metric_rows
+from helpers import free_port, make_exp, metric_rows
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (make gpu-check on a GPU host)")]
@@ -130,13 +130,9 @@ def _nccl_rank():
 
 
 def test_collectives_on_a_one_process_nccl_group():
-    import socket
-
     import torch.distributed as dist
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     try:
         r = _nccl_rank()

@@ -11,7 +11,7 @@ from raytrain import runtime, storage
 from raytrain.configio import to_yaml, validate_experiment
 from raytrain.errors import UserError
 from raytrain.tuner import tuning
-from raytrain.tuner.spec import SearchSpec
+from raytrain.tuner.spec import RungClock, SearchSpec
 
 log = logging.getLogger("raytrain")
 
@@ -37,7 +37,7 @@ def run(spec: SearchSpec, resume: Optional[str] = None) -> dict:
     a = spec.search.asha
     log.info(f"search {run_dir}: {spec.n_trials()} trial(s), ASHA max_t={a.max_t} grace={a.grace_period} rf={a.reduction_factor:g}, "
              f"{concurrent} at a time, {'in the trial processes' if spec.search.trial.in_trial else 'Ray Train per trial'}")
-    grid = tuning.build_tuner(spec, run_dir, resume=resume is not None).fit()
+    grid = tuning.build_tuner(spec, run_dir, concurrent, resume=resume is not None).fit()
     rows = tuning.collect(spec, grid)
     summary = {"run_dir": run_dir.uri, "wall_s": time.time() - t0, "trials": rows,
                "trial_epochs": tuning.trial_epochs(rows), "max_t": a.max_t, "grace_period": a.grace_period,
@@ -57,8 +57,7 @@ def rung_signal(spec: SearchSpec) -> str:
     target = spec.search.objective.time_to_target
     if target is None:
         return f"{spec.search.objective.metric} at equal epochs"
-    rung = spec.search.asha.rung_accuracy or 2 * target - 1
-    return f"seconds to {rung:.2%} val accuracy, at equal epochs"
+    return f"seconds to {RungClock(spec.search).accuracy:.2%} val accuracy, at equal epochs"
 
 
 def budget_note(spec: SearchSpec, rows: list[dict], wall_s: float) -> Optional[str]:

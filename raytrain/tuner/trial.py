@@ -36,11 +36,12 @@ def run_trial(config: dict, raw: dict, search_json: str, source: str, run_uri: s
     console.attach()
     _ray_compat.quiet_tune_checkpoint_log()
     spec = SearchSpec(raw, SearchConfig.model_validate_json(search_json), source)
+    clock = RungClock(spec.search)
     try:
         exp = spec.trial_experiment(config)
         prep = trainer.preflight(exp)
     except UserError as e:  # a combination the schema or the hardware refuses: skip it, keep searching
-        tune.report(RungClock(spec.search).add({"val_accuracy": 0.0, "val_loss": math.inf, "epoch": 0, "elapsed_s": 0.0,
+        tune.report(clock.add({"val_accuracy": 0.0, "val_loss": math.inf, "epoch": 0, "elapsed_s": 0.0,
                                                 "stop_reason": f"skipped: {e}", **_span(started)}))
         return
     key = (prep.info.to_json(), exp.data.model_dump_json(), exp.seed, exp.parallel.workers,
@@ -54,9 +55,9 @@ def run_trial(config: dict, raw: dict, search_json: str, source: str, run_uri: s
         from raytrain.hosts import TuneHost
 
         device = torch.device("cuda", 0) if exp.parallel.use_gpu else torch.device("cpu")
-        epochs.run(_Annotated(TuneHost(ingest.datasets, device), started, RungClock(spec.search)), plan)
+        epochs.run(_Annotated(TuneHost(ingest.datasets, device), started, clock), plan)
         return
-    _nested(exp, plan, ingest, run_uri, RungClock(spec.search))
+    _nested(exp, plan, ingest, run_uri, clock)
 
 
 class _Annotated:

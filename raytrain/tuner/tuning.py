@@ -75,7 +75,7 @@ def max_concurrent(spec: SearchSpec) -> int:
     return max(1, min(want, spec.n_trials()))
 
 
-def build_tuner(spec: SearchSpec, run_dir: Location, resume: bool = False) -> tune.Tuner:
+def build_tuner(spec: SearchSpec, run_dir: Location, concurrent: int, resume: bool = False) -> tune.Tuner:
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 
     s = spec.search
@@ -88,7 +88,7 @@ def build_tuner(spec: SearchSpec, run_dir: Location, resume: bool = False) -> tu
         fn,
         param_space=spec.param_space(),
         tune_config=tune.TuneConfig(scheduler=make_scheduler(s), num_samples=spec.n_trials(),
-                                    search_alg=seeded_search(spec, max_concurrent(spec)),
+                                    search_alg=seeded_search(spec, concurrent),
                                     reuse_actors=s.trial.in_trial),  # a trial process serves the next trial
         run_config=tune.RunConfig(name=TUNE_DIR, storage_path=path, storage_filesystem=fs,
                                   verbose=1,  # Tune's status table and one line per trial; no per-result boxes
