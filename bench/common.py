@@ -8,6 +8,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -66,13 +67,40 @@ def cli(verb: str, *args: str, env: dict | None = None, timeout: float = 3600) -
         out = Path(tmp) / "summary.json"
         cmd = [str(Path(sys.executable).parent / "raytrain"), verb, *args, "--summary-json", str(out)]
         t0 = time.time()
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                              env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                env={**os.environ, **(env or {})})
+        peak = _watch_peak_rss(proc)
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
         wall = time.time() - t0
         summary = json.loads(out.read_text()) if out.is_file() else {}
     if proc.returncode not in (0, 1):
-        raise RuntimeError(f"raytrain {verb} {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return {"summary": summary, "process_wall_s": wall, "exit_code": proc.returncode, "stdout": proc.stdout[-4000:]}
+        raise RuntimeError(f"raytrain {verb} {' '.join(args)} failed ({proc.returncode}): {stderr[-2000:]}")
+    return {"summary": summary, "process_wall_s": wall, "exit_code": proc.returncode, "stdout": stdout[-4000:],
+            "peak_rss_mb": peak[0] / 1024}
+
+
+def _watch_peak_rss(proc: subprocess.Popen) -> list[int]:
+    """The process's own peak RSS (VmHWM, KiB), read every 0.1 s until it exits: start-up and shutdown
+    included, its children (Ray's processes) not."""
+    peak = [0]
+
+    def watch():
+        while proc.poll() is None:
+            try:
+                with open(f"/proc/{proc.pid}/status") as f:
+                    hwm = next((int(line.split()[1]) for line in f if line.startswith("VmHWM")), 0)
+                peak[0] = max(peak[0], hwm)
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.1)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return peak
 
 
 def module(name: str, *args: str, timeout: float = 3600) -> tuple[dict, float]:
