@@ -69,7 +69,7 @@ def cli(verb: str, *args: str, env: dict | None = None, timeout: float = 3600) -
         t0 = time.time()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                                 env={**os.environ, **(env or {})})
-        peak = _watch_peak_rss(proc)
+        peak = _watch_peak_rss(proc, str(out))
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -84,17 +84,20 @@ def cli(verb: str, *args: str, env: dict | None = None, timeout: float = 3600) -
             "peak_rss_mb": peak[0] / 1024}
 
 
-def _watch_peak_rss(proc: subprocess.Popen) -> list[int]:
+def _watch_peak_rss(proc: subprocess.Popen, marker: str) -> list[int]:
     """The process's own peak RSS (VmHWM, KiB), read every 0.1 s until it exits: start-up and shutdown
-    included, its children (Ray's processes) not."""
+    included, its children (Ray's processes) not. Only once it runs the command (`marker` in its command
+    line): between fork and exec the child still reports this process's peak."""
     peak = [0]
 
     def watch():
         while proc.poll() is None:
             try:
-                with open(f"/proc/{proc.pid}/status") as f:
-                    hwm = next((int(line.split()[1]) for line in f if line.startswith("VmHWM")), 0)
-                peak[0] = max(peak[0], hwm)
+                with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
+                    if marker.encode() in f.read():
+                        with open(f"/proc/{proc.pid}/status") as g:
+                            hwm = next((int(line.split()[1]) for line in g if line.startswith("VmHWM")), 0)
+                        peak[0] = max(peak[0], hwm)
             except (OSError, ValueError):
                 pass
             time.sleep(0.1)

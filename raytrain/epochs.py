@@ -83,15 +83,17 @@ def restore(host: Host, name: str) -> Optional[dict]:
 def epochs(mode, host: Host, plan: RunPlan, marks: dict) -> None:
     exp, state = mode.exp, mode.state
     start = state.epoch + 1
+    probe = RungProbe(mode, host, plan) if plan.probe_at_s else None
     for epoch in range(start, exp.train.epochs):
         mode.before_epoch(epoch)
         t0 = time.perf_counter()
-        local = mode.train_epoch(epoch)
+        local = mode.train_epoch(epoch, **({"probe": probe.at(epoch)} if probe else {}))
         first_step_at = local.pop("first_step_at")
+        paused = local.pop("probe_seconds", 0.0)
         tr = collectives.reduce_sums(local)
-        train_s = time.perf_counter() - t0
+        train_s = time.perf_counter() - t0 - paused
         va = collectives.reduce_sums(mode.evaluate())
-        epoch_s = time.perf_counter() - t0
+        epoch_s = time.perf_counter() - t0 - paused
         state.elapsed_s += epoch_s
         state.epoch = epoch
         metrics = {**epoch_metrics(epoch, tr, va, train_s, epoch_s, host.world, state), **mode.labels()}
@@ -115,6 +117,35 @@ def epochs(mode, host: Host, plan: RunPlan, marks: dict) -> None:
             break
 
 
+class RungProbe:
+    """A search's rungs on training seconds (`plan.probe_at_s`): when the run's training clock, the one
+    time_to_target_s reads, passes the next rung, evaluate and report val accuracy at that clock, mid-epoch.
+    Its seconds are handed back and not counted as training. One worker only (the spec refuses more): ranks
+    timing themselves could disagree on the step and leave each other waiting in the evaluation."""
+
+    def __init__(self, mode, host: Host, plan: RunPlan):
+        if host.world != 1:
+            raise ValueError("rungs on seconds need a one-worker run")
+        self.mode, self.host, self.steps = mode, host, plan.steps_per_epoch
+        self.pending = sorted(s for s in plan.probe_at_s if s > mode.state.elapsed_s)  # a resumed trial's are behind it
+
+    def at(self, epoch: int):
+        return lambda steps, train_s: self.check(epoch, steps, train_s)
+
+    def check(self, epoch: int, steps: int, train_s: float) -> float:
+        clock = self.mode.state.elapsed_s + train_s
+        if not self.pending or clock < self.pending[0]:
+            return 0.0
+        t0 = time.perf_counter()
+        while self.pending and clock >= self.pending[0]:
+            self.pending.pop(0)
+        va = self.mode.evaluate()
+        n = max(va["count"], 1)
+        self.host.report({"val_accuracy": va["correct"] / n, "val_loss": va["loss_sum"] / n, "elapsed_s": clock,
+                          "trained_epochs": epoch + steps / self.steps, "probe": True}, None)
+        return time.perf_counter() - t0
+
+
 def epoch_metrics(epoch: int, tr: dict, va: dict, train_s: float, epoch_s: float, world: int, state) -> dict:
     steps = max(tr["steps"] / world, 1.0)
     wait = tr["wait_seconds"] / world  # mean over ranks: time blocked waiting for the next batch
@@ -122,7 +153,8 @@ def epoch_metrics(epoch: int, tr: dict, va: dict, train_s: float, epoch_s: float
         "epoch": epoch + 1, "train_loss": tr["loss_sum"] / max(tr["count"], 1),
         "train_accuracy": tr["correct"] / max(tr["count"], 1), "val_loss": va["loss_sum"] / max(va["count"], 1),
         "val_accuracy": va["correct"] / max(va["count"], 1), "samples_per_s": tr["count"] / max(train_s, 1e-9),
-        "epoch_s": epoch_s, "elapsed_s": state.elapsed_s, "step_ms": 1000 * max(train_s - wait, 0.0) / steps,
+        "epoch_s": epoch_s, "elapsed_s": state.elapsed_s, "trained_epochs": epoch + 1,
+        "step_ms": 1000 * max(train_s - wait, 0.0) / steps,
         "input_wait_s": wait, "lr": current_lr(state.optimizer), "skipped_steps": int(tr["skipped_steps"]),
     }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -67,10 +68,14 @@ def timed(batches, clock: list):
 
 
 def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, stepper: SchedulerStepper,
-                scaler: torch.amp.GradScaler, env: StepEnv, max_grad_norm: float | None = None) -> dict:
+                scaler: torch.amp.GradScaler, env: StepEnv, max_grad_norm: float | None = None,
+                probe: Callable[[int, float], float] | None = None) -> dict:
     """Train over `batches`; returns sums (loss_sum, correct, count, steps, skipped_steps), the seconds
-    spent waiting for input, and the wall-clock time the first step had finished."""
+    spent waiting for input, and the wall-clock time the first step had finished. `probe(steps, train_s)`,
+    if given, runs after every step with the epoch's training seconds so far and returns the seconds it
+    spent (an evaluation mid-epoch): those are not training time (`probe_seconds`)."""
     model.train()
+    started, paused = time.perf_counter(), 0.0
     loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
     correct = torch.zeros((), dtype=torch.int64, device=env.device)
     watch = SkipWatch(scaler)
@@ -108,11 +113,17 @@ def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, ste
         if first_step_at is None:
             env.synchronize()  # once: the first step's time is when it really finished
             first_step_at = time.time()
+        if probe is not None:
+            spent = probe(steps, time.perf_counter() - started - paused)
+            if spent:
+                paused += spent
+                model.train()  # the probe evaluated in eval mode
     if watch.enabled and steps:
         settle_previous()
     env.synchronize()
     return {"loss_sum": float(loss_sum), "correct": int(correct), "count": count, "steps": steps,
-            "skipped_steps": watch.skipped, "wait_seconds": wait[0], "first_step_at": first_step_at or time.time()}
+            "skipped_steps": watch.skipped, "wait_seconds": wait[0], "first_step_at": first_step_at or time.time(),
+            "probe_seconds": paused}
 
 
 @torch.no_grad()

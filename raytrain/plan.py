@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from raytrain.config import Experiment
@@ -22,6 +22,7 @@ class RunPlan:
     launch_time: Optional[float] = None  # when the user's command started (time-to-first-step)
     compile_cache: Optional[str] = None  # TORCHINDUCTOR_CACHE_DIR for train.compile
     mode: str = "worker-group"  # worker-group | in-process | trial
+    probe_at_s: list[float] = field(default_factory=list)  # a search's rungs on training seconds: report val there
 
     def exp(self) -> Experiment:
         return Experiment.model_validate_json(self.experiment)

@@ -66,6 +66,25 @@ def test_time_objective_rungs_keep_the_trial_that_gets_there_sooner():
     assert by_accuracy[2] == TrialScheduler.STOP
 
 
+def test_rungs_on_seconds_compare_accuracy_at_equal_training_seconds():
+    """With asha.grace_s the rungs sit on the trials' training clock (elapsed_s) where the trials report
+    (probe_at_s): at 2 s the trial behind in accuracy is stopped, whatever its epoch; reports before a rung
+    decide nothing; a trial outliving the last rung is not stopped for it."""
+    s = SearchConfig(objective={"time_to_target": 0.99}, asha={"max_t": 3, "grace_s": 2, "reduction_factor": 2})
+    sched = tuning.make_scheduler(s)
+    assert [m for m, _ in reversed(sched._brackets[0]._rungs)] == s.asha.rung_seconds()[:len(sched._brackets[0]._rungs)]
+    assert s.asha.rung_seconds()[:3] == [2.0, 4.0, 8.0]
+    trials = [Trial("__fake", stub=True, trial_id=f"t{i}") for i in range(3)]
+    for t in trials:
+        sched.on_trial_add(None, t)
+    early = sched.on_trial_result(None, trials[0], {"elapsed_s": 1.2, "val_accuracy": 0.1, "epoch": 1})
+    assert early == TrialScheduler.CONTINUE
+    at_rung = [sched.on_trial_result(None, t, {"elapsed_s": sec, "val_accuracy": acc, "probe": True})
+               for t, (sec, acc) in zip(trials, [(2.01, 0.95), (2.02, 0.97), (2.05, 0.90)])]
+    assert at_rung == [TrialScheduler.CONTINUE, TrialScheduler.CONTINUE, TrialScheduler.STOP]
+    assert sched.on_trial_result(None, trials[1], {"elapsed_s": 1e6, "val_accuracy": 0.99}) == TrialScheduler.CONTINUE
+
+
 @pytest.mark.slow
 def test_small_search_end_to_end(ray_local, tmp_path):
     spec_path = tmp_path / "spec.yaml"
@@ -139,22 +158,31 @@ def test_admission_limit_holds_where_ray_would_allow_more(ray_head_with, tmp_pat
 
 
 def test_time_search_budget_best_yaml_and_report(ray_local, tmp_path):
-    """A time-to-target search on digits with a trial-epoch budget: it stops admitting trials once the budget
-    is spent (running ones finish) and says what it spent; its best.yaml, retrained with `raytrain train`,
-    reproduces the winning trial (same resources, same epochs, same stop at the target); report.html opens
-    with the fastest configuration and a ready command."""
+    """A time-to-target search on digits with ASHA's rungs on training seconds and a trial-epoch budget: each
+    trial reports its val accuracy as its clock passes a rung, mid-epoch, and a trial stopped there counts the
+    fraction of the epoch it trained; admission stops once the budget is spent (running ones finish) and the
+    search says what it spent; its best.yaml, retrained with `raytrain train` (no rungs), reproduces the
+    winning trial exactly: the evaluations at the rungs change nothing of its training; report.html opens with
+    the fastest configuration and a ready command."""
     spec = json.loads(json.dumps(SPEC))
     spec["search"].update(samples=12, objective={"time_to_target": 0.9}, budget={"trial_epochs": 6},
                           space={"train.optimizer.lr": {"loguniform": [0.02, 0.2]}}, max_concurrent=1,
-                          trial={"workers": 1, "cpus_per_worker": 2})
+                          trial={"workers": 1, "cpus_per_worker": 2},
+                          asha={"max_t": 4, "grace_s": 0.1, "reduction_factor": 2})
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump({**spec, "output": str(tmp_path / "runs")}))
     summary = driver.run(load_spec(spec_path))
-    assert len(summary["trials"]) < 12 and summary["trial_epochs"] >= 6  # admission stopped; running one finished
+    rows = summary["trials"]
+    assert len(rows) < 12 and summary["trial_epochs"] >= 6  # admission stopped; running one finished
     assert summary["budget_note"].startswith(f"spent {summary['wall_s']:.0f} s, {summary['trial_epochs']} of 6 "
                                              "trial-epochs; admitted")
-    winner = summary["trials"][0]
-    assert winner["time_to_target_s"] is not None, summary["trials"]
+    assert summary["trial_epochs"] == pytest.approx(sum(r["trained_epochs"] for r in rows), abs=0.02)
+    probes = [h for r in rows for h in r["history"] if h["probe"]]  # reports at the rungs, mid-epoch
+    assert probes and all(0 < h["trained_epochs"] % 1 and h["elapsed_s"] >= 0.1 for h in probes), probes
+    for r in rows:  # a trial stopped at a rung mid-epoch counts that fraction; at an epoch end, whole epochs
+        assert bool(r["trained_epochs"] % 1) == r["status"].startswith("stopped by ASHA at"), r
+    winner = rows[0]
+    assert winner["time_to_target_s"] is not None, rows
 
     best = load_experiment(Path(summary["run_dir"]) / "best.yaml", [f"output={tmp_path / 'best'}"])
     assert best.parallel.cpus_per_worker == 2 and best.train.early_stopping.target == 0.9
@@ -162,7 +190,8 @@ def test_time_search_budget_best_yaml_and_report(ray_local, tmp_path):
     again = trainer.run(best)
     assert again["status"].startswith("target val_accuracy=0.9 reached"), again
     assert again["final"]["epoch"] == winner["epochs"]  # the same epoch reaches the target
-    assert again["final"]["val_accuracy"] == pytest.approx(winner["val_accuracy"], abs=0.02)
+    assert again["final"]["val_accuracy"] == pytest.approx(winner["val_accuracy"], abs=1e-9)
+    assert again["final"]["train_loss"] == pytest.approx(winner["history"][-1]["train_loss"], rel=1e-6)
 
     html = Path(write_report(summary["run_dir"])).read_text()
     head = html.split("<h2>")[0]

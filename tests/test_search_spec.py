@@ -97,6 +97,10 @@ def test_fp16_skipped_on_cpu_with_a_note(tmp_path):
     ({"space": {"train.batch_size": {"randint": [1.5, 4]}}}, "randint takes integer bounds"),
     ({"space": {"train.precision": {"choice": ["fp16"]}}}, "no value this cluster can run"),
     ({"asha": {"max_t": 2, "grace_period": 3}}, "grace_period 3 exceeds max_t 2"),
+    ({"asha": {"grace_s": 2}}, "search.asha.grace_s: rungs on seconds race to a target; set objective.time_to_target"),
+    ({"asha": {"grace_s": 2}, "objective": {"time_to_target": 0.9}, "trial": {"workers": 2}},
+     "search.asha.grace_s: rungs on seconds need one-worker trials"),
+    ({"asha": {"grace_s": 0}}, "search.asha.grace_s"),
     ({"samples": 0}, "search.samples"),
     ({"sampels": 3}, "search.sampels: unknown key"),
 ])

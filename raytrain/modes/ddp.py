@@ -70,10 +70,10 @@ class DataParallel:
             if rebuilt is not None:
                 self.model = rebuilt
 
-    def train_epoch(self, epoch: int) -> dict:
+    def train_epoch(self, epoch: int, probe=None) -> dict:
         s = self.state
         return train_epoch(self.model, self.data.train(epoch), s.optimizer, s.stepper, s.scaler, self.env,
-                           self.exp.train.max_grad_norm)
+                           self.exp.train.max_grad_norm, probe)
 
     def evaluate(self) -> dict:
         return evaluate(self.model, self.data.val(), self.env)

@@ -35,13 +35,14 @@ def run(spec: SearchSpec, resume: Optional[str] = None) -> dict:
     for note in spec.notes:
         log.info(f"note: {note}")
     a = spec.search.asha
-    log.info(f"search {run_dir}: {spec.n_trials()} trial(s), ASHA max_t={a.max_t} grace={a.grace_period} rf={a.reduction_factor:g}, "
+    grace = f"grace={a.grace_period}" if a.grace_s is None else f"rungs at {a.grace_s:g} s x{a.reduction_factor:g}^k"
+    log.info(f"search {run_dir}: {spec.n_trials()} trial(s), ASHA max_t={a.max_t} {grace} rf={a.reduction_factor:g}, "
              f"{concurrent} at a time, {'in the trial processes' if spec.search.trial.in_trial else 'Ray Train per trial'}")
     grid = tuning.build_tuner(spec, run_dir, concurrent, resume=resume is not None).fit()
     rows = tuning.collect(spec, grid)
     summary = {"run_dir": run_dir.uri, "wall_s": time.time() - t0, "trials": rows,
                "trial_epochs": tuning.trial_epochs(rows), "max_t": a.max_t, "grace_period": a.grace_period,
-               "reduction_factor": a.reduction_factor, "rung_signal": rung_signal(spec),
+               "reduction_factor": a.reduction_factor, "rung_seconds": a.rung_seconds(), "rung_signal": rung_signal(spec),
                "objective": spec.search.objective.model_dump(), "notes": spec.notes, "planned_trials": spec.n_trials(),
                "budget": spec.search.budget.model_dump(), "budget_note": budget_note(spec, rows, time.time() - t0)}
     best = tuning.best(rows)
@@ -57,6 +58,8 @@ def rung_signal(spec: SearchSpec) -> str:
     target = spec.search.objective.time_to_target
     if target is None:
         return f"{spec.search.objective.metric} at equal epochs"
+    if spec.search.asha.grace_s is not None:
+        return "val accuracy at equal training seconds (each trial evaluated as its clock passed the rung)"
     return f"seconds to {RungClock(spec.search).accuracy:.2%} val accuracy, at equal epochs"
 
 

@@ -31,23 +31,33 @@ def _label(r: dict) -> str:
                      for k, v in sorted(r["params"].items()))
 
 
+def _rungs(summary: dict) -> tuple[str, list]:
+    """("seconds", rung seconds) for rungs on training seconds, else ("epoch", rung epochs): those any trial reached."""
+    if summary.get("rung_seconds"):
+        longest = max((h.get("elapsed_s") or 0.0 for r in summary["trials"] for h in r["history"]), default=0.0)
+        return "seconds", [s for s in summary["rung_seconds"] if s <= longest]
+    rungs = [summary["grace_period"] * summary["reduction_factor"] ** k for k in range(20)]
+    return "epoch", [int(r) for r in rungs if r < summary["max_t"]]
+
+
 def curves(summary: dict) -> str:
-    """Validation accuracy per epoch for every trial; an x where ASHA stopped a trial early."""
+    """Validation accuracy per epoch (or per training second, rungs on seconds included) for every trial; an x
+    where ASHA stopped a trial early; the rungs dotted."""
+    unit, rungs = _rungs(summary)
     fig, ax = _figure()
     for r in summary["trials"]:
-        hist = [h for h in r["history"] if h.get("epoch")]
+        hist = [h for h in r["history"] if (h.get("elapsed_s") if unit == "seconds" else h.get("epoch"))
+                and h.get("val_accuracy") is not None]
         if not hist:
             continue
-        xs, ys = [h["epoch"] for h in hist], [h["val_accuracy"] for h in hist]
-        line, = ax.plot(xs, ys, lw=1.2, alpha=0.8)
+        xs = [h["elapsed_s"] if unit == "seconds" else h["epoch"] for h in hist]
+        ys = [h["val_accuracy"] for h in hist]
+        line, = ax.plot(xs, ys, lw=1.2, alpha=0.8, marker="." if unit == "seconds" else None)
         if str(r["status"]).startswith("stopped by ASHA"):
             ax.plot(xs[-1], ys[-1], "x", color=line.get_color(), ms=9, mew=2)
-    for k in range(0, 20):  # rung epochs: grace * rf^k
-        rung = summary["grace_period"] * summary["reduction_factor"] ** k
-        if rung >= summary["max_t"]:
-            break
+    for rung in rungs:
         ax.axvline(rung, color="grey", ls=":", lw=0.8)
-    ax.set_xlabel("epoch")
+    ax.set_xlabel("training seconds" if unit == "seconds" else "epoch")
     ax.set_ylabel("val accuracy")
     ax.set_title("learning curves (x: stopped by ASHA, dotted: rungs)")
     return _png(fig)
@@ -77,16 +87,19 @@ def pareto(summary: dict) -> str:
     return _png(fig)
 
 
-def rung_table(summary: dict) -> list[tuple[int, int, float]]:
-    """(rung epoch, trials that reached it, best val accuracy there)."""
+def rung_table(summary: dict) -> list[tuple[str, int, float]]:
+    """(rung, trials that reached it, best val accuracy there: each trial's first report at or past it)."""
+    unit, rungs = _rungs(summary)
     out = []
-    for k in range(0, 20):
-        rung = int(summary["grace_period"] * summary["reduction_factor"] ** k)
-        if rung > summary["max_t"]:
-            break
-        accs = [h["val_accuracy"] for r in summary["trials"] for h in r["history"] if h.get("epoch") == rung
-                and h.get("val_accuracy") is not None]
-        out.append((rung, len(accs), max(accs) if accs else float("nan")))
+    for rung in rungs:
+        accs = []
+        for r in summary["trials"]:
+            at = [h for h in r["history"] if h.get("val_accuracy") is not None and
+                  ((h.get("elapsed_s") or 0.0) >= rung if unit == "seconds" else h.get("epoch") == rung)]
+            if at:
+                accs.append(at[0]["val_accuracy"])
+        out.append((f"{rung:g} s" if unit == "seconds" else f"epoch {rung}", len(accs),
+                    max(accs) if accs else float("nan")))
     return out
 
 
@@ -127,7 +140,7 @@ def write_report(run_dir) -> str:
     num = _num
 
     rows = "".join(
-        f"<tr><td>{r['rank']}</td><td>{html.escape(_label(r))}</td><td>{r['epochs']}</td>"
+        f"<tr><td>{r['rank']}</td><td>{html.escape(_label(r))}</td><td>{r.get('trained_epochs', r['epochs']):g}</td>"
         f"<td>{num(r['val_accuracy'], '.4f')}</td><td>{num(r.get('time_to_target_s'), '.1f')}</td>"
         f"<td>{num(r.get('elapsed_s'), '.1f')}</td><td>{html.escape(str(r['status']))}</td></tr>"
         for r in summary["trials"])
@@ -142,7 +155,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}</style></head><bod
 Objective: {html.escape(json.dumps(summary['objective']))}; ASHA's rungs compare
 {html.escape(summary.get('rung_signal', 'the metric at equal epochs'))}.</p>
 <h2>Learning curves</h2><img src="data:image/png;base64,{curves(summary)}">
-<h2>ASHA rungs</h2><table><tr><th>rung (epoch)</th><th>trials reaching it</th><th>best val acc</th></tr>{rungs}</table>
+<h2>ASHA rungs</h2><table><tr><th>rung</th><th>trials reaching it</th><th>best val acc</th></tr>{rungs}</table>
 <h2>Trials (ranked)</h2><table><tr><th>rank</th><th>params</th><th>epochs</th><th>val acc</th><th>to target (s)</th>
 <th>train (s)</th><th>status</th></tr>{rows}</table></body></html>"""
     out = run / "report.html"

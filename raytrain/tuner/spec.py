@@ -17,6 +17,7 @@ from raytrain.configio import apply_overrides, read_yaml, set_dotted, validate_e
 from raytrain.errors import UserError, format_validation_error
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
+SECOND_RUNGS = 8  # rungs on seconds: grace_s x rf^0..7 (rf 3 and 3 s: up to 6561 s), more than any trial lives
 
 
 class Objective(Strict):
@@ -37,14 +38,25 @@ class Asha(Strict):
     reduction_factor: float = Field(3.0, gt=1.0)
     """Keep the top 1/reduction_factor of trials at each rung."""
     rung_accuracy: Optional[float] = Field(None, gt=0.0, lt=1.0)
-    """time_to_target: the intermediate val accuracy whose training seconds the rungs compare (default: the
-    target's error doubled, 0.99 -> 0.98); a trial yet to reach it ranks behind every one that has."""
+    """time_to_target with epoch rungs: the intermediate val accuracy whose training seconds the rungs compare
+    (default: the target's error doubled, 0.99 -> 0.98); a trial yet to reach it ranks behind every one that has."""
+    grace_s: Optional[float] = Field(None, gt=0.0)
+    """time_to_target, one-worker trials: rungs on training seconds instead of epochs, the first at grace_s and
+    then every reduction_factor times later (grace_period is then unused). At each a trial evaluates mid-epoch
+    (not counted as training time) and the rungs compare val accuracy at equal training seconds: who is ahead
+    in the race to the target, whatever their epochs cost."""
 
     @model_validator(mode="after")
     def _grace(self) -> "Asha":
         if self.grace_period > self.max_t:
             raise ValueError(f"search.asha.grace_period {self.grace_period} exceeds max_t {self.max_t}")
         return self
+
+    def rung_seconds(self) -> list[float]:
+        """The training seconds of the rungs on seconds (`grace_s`), as ASHA places them; [] for epoch rungs."""
+        if self.grace_s is None:
+            return []
+        return [self.grace_s * self.reduction_factor ** k for k in range(SECOND_RUNGS)]
 
 
 class TrialResources(WorkerResources):
@@ -85,6 +97,16 @@ class SearchConfig(Strict):
     it, and its analysis assumes configs arrive in random order: a listed grid (all small learning
     rates first) lets weak early trials through every rung. shuffled = a seeded permutation."""
 
+    @model_validator(mode="after")
+    def _second_rungs(self) -> "SearchConfig":
+        if self.asha.grace_s is not None:
+            if self.objective.time_to_target is None:
+                raise ValueError("search.asha.grace_s: rungs on seconds race to a target; set objective.time_to_target")
+            if self.trial.workers != 1:
+                raise ValueError(f"search.asha.grace_s: rungs on seconds need one-worker trials (search.trial.workers "
+                                 f"is {self.trial.workers}: ranks timing themselves could disagree on the step)")
+        return self
+
     @field_validator("space")
     @classmethod
     def _kinds(cls, space: dict) -> dict:
@@ -115,7 +137,8 @@ class RungClock:
 
     def __init__(self, s: SearchConfig):
         target = s.objective.time_to_target
-        self.accuracy = None if target is None else (s.asha.rung_accuracy or 2 * target - 1)
+        epoch_rungs = target is not None and s.asha.grace_s is None  # rungs on seconds compare val_accuracy
+        self.accuracy = (s.asha.rung_accuracy or 2 * target - 1) if epoch_rungs else None
         self.reached = None
 
     def add(self, metrics: dict) -> dict:

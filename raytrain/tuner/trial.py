@@ -50,7 +50,7 @@ def run_trial(config: dict, raw: dict, search_json: str, source: str, run_uri: s
         _datasets[key] = build(exp, prep.info, prep.source)
     ingest = _datasets[key]
     plan = RunPlan(exp.model_dump_json(), prep.info.to_json(), steps_per_epoch(exp, prep.info), ingest.shards,
-                   launch_time=time.time(), mode="trial")
+                   launch_time=time.time(), mode="trial", probe_at_s=spec.search.asha.rung_seconds())
     if spec.search.trial.in_trial:
         from raytrain.hosts import TuneHost
 

@@ -102,10 +102,17 @@ def build_tuner(spec: SearchSpec, run_dir: Location, concurrent: int, resume: bo
 
 
 def make_scheduler(s: SearchConfig) -> ASHAScheduler:
-    """ASHA on epochs (one report per epoch = one training_iteration). For an accuracy objective its rungs
-    compare the objective's metric; for a time objective, the seconds to an intermediate accuracy
-    (`RungClock`, added to every report by the trial)."""
+    """ASHA on epochs (one report per epoch = one training_iteration): for an accuracy objective its rungs
+    compare the objective's metric; for a time objective, the seconds to an intermediate accuracy (`RungClock`,
+    added to every report by the trial). With `asha.grace_s`, ASHA on training seconds (`elapsed_s`, the clock
+    time_to_target_s reads): each trial reports its val accuracy at every rung (`RunPlan.probe_at_s`), and the
+    rungs compare it at equal seconds. Trials end by their own epochs, never at ASHA's max_t."""
     a = s.asha
+    if a.grace_s is not None:
+        rungs = a.rung_seconds()
+        return ASHAScheduler(time_attr="elapsed_s", metric="val_accuracy", mode="max", grace_period=rungs[0],
+                             max_t=rungs[-1] * 1.0001, reduction_factor=a.reduction_factor,  # exactly these rungs
+                             stop_last_trials=False)  # a trial outliving the last rung is not stopped there
     metric, mode = (RungClock.METRIC, "min") if s.objective.time_to_target else (s.objective.metric, s.objective.mode)
     return ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=a.max_t,
                          grace_period=a.grace_period, reduction_factor=a.reduction_factor)
@@ -120,7 +127,8 @@ class BudgetedSearch(BasicVariantGenerator):
     def __init__(self, *args, wall_s=None, trial_epochs=None, **kw):
         super().__init__(*args, **kw)
         self.budget_wall_s, self.budget_trial_epochs = wall_s, trial_epochs
-        self.started, self.spent_trial_epochs, self.stopped_admitting = time.time(), 0, None
+        self.started, self.spent_trial_epochs, self.stopped_admitting = time.time(), 0.0, None
+        self.trained: dict[str, float] = {}
         self.spent_wall_s = 0.0  # as of the last save: a resumed search does not count the time it was down
 
     def get_state(self):
@@ -132,8 +140,9 @@ class BudgetedSearch(BasicVariantGenerator):
         self.started = time.time() - self.spent_wall_s
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if result.get("epoch"):
-            self.spent_trial_epochs += 1
+        if result.get("trained_epochs") is not None:  # epochs and mid-epoch rungs: what each trial has trained
+            self.trained[trial_id] = float(result["trained_epochs"])
+            self.spent_trial_epochs = sum(self.trained.values())
 
     def next_trial(self):
         reason = self._spent()
@@ -172,21 +181,25 @@ def collect(spec: SearchSpec, grid) -> list[dict]:
         hist = [] if df is None else json.loads(df.to_json(orient="records"))
         m = dict(r.metrics or {})
         params = {k: v for k, v in (r.config or {}).items()}
-        epochs = int(m.get("epoch", 0) or 0)
+        epochs = max([int(h.get("epoch") or 0) for h in hist] + [int(m.get("epoch") or 0)])  # completed ones
+        trained = float(m.get("trained_epochs", epochs) or 0.0)
         if r.error is not None:
             status = f"error: {str(r.error).strip().splitlines()[-1][:160]}"
         elif m.get("stop_reason"):
             status = m["stop_reason"]
+        elif m.get("probe"):
+            status = f"stopped by ASHA at {m['elapsed_s']:.1f} s of training ({trained:.2f} epochs)"
         elif epochs < spec.search.asha.max_t:
             status = f"stopped by ASHA after epoch {epochs}"
         else:
             status = "completed"
         rows.append({"trial_id": m.get("trial_id") or Path(r.path).name, "params": params, "status": status,
-                     "epochs": epochs, "val_accuracy": m.get("val_accuracy"), "val_loss": m.get("val_loss"),
-                     "elapsed_s": m.get("elapsed_s"), "time_to_target_s": m.get("time_to_target_s"),
+                     "epochs": epochs, "trained_epochs": round(trained, 3), "val_accuracy": m.get("val_accuracy"),
+                     "val_loss": m.get("val_loss"), "elapsed_s": m.get("elapsed_s"), "time_to_target_s": m.get("time_to_target_s"),
                      "params_total": m.get("params_total"), "path": r.path,
                      "history": [{k: h.get(k) for k in ("epoch", "val_accuracy", "val_loss", "elapsed_s", "train_loss",
-                                                        "timestamp", "trial_started_mono", "reported_mono")}
+                                                        "trained_epochs", "probe", "timestamp", "trial_started_mono",
+                                                        "reported_mono")}
                                  for h in hist]})
     return rank(rows, spec.search)
 
@@ -211,8 +224,10 @@ def rank(rows: list[dict], s: SearchConfig) -> list[dict]:
     return ranked
 
 
-def trial_epochs(rows: list[dict]) -> int:
-    return sum(r["epochs"] for r in rows)
+def trial_epochs(rows: list[dict]) -> float | int:
+    """Epochs trained by all trials, a trial stopped mid-epoch (rungs on seconds) counting its fraction."""
+    total = round(sum(r["trained_epochs"] for r in rows), 2)
+    return int(total) if total == int(total) else total
 
 
 def stray_train_workers() -> int:
