@@ -165,6 +165,7 @@ def test_time_search_budget_best_yaml_and_report(ray_local, tmp_path):
     winning trial exactly: the evaluations at the rungs change nothing of its training; report.html opens with
     the fastest configuration and a ready command."""
     spec = json.loads(json.dumps(SPEC))
+    spec["model"] = {"name": "cnn", "width": 0.5}  # dropout: a rung's evaluation must hand training mode back
     spec["search"].update(samples=12, objective={"time_to_target": 0.9}, budget={"trial_epochs": 6},
                           space={"train.optimizer.lr": {"loguniform": [0.02, 0.2]}}, max_concurrent=1,
                           trial={"workers": 1, "cpus_per_worker": 2},
