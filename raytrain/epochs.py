@@ -96,6 +96,8 @@ def epochs(mode, host: Host, plan: RunPlan, marks: dict) -> None:
         epoch_s = time.perf_counter() - t0 - paused
         state.elapsed_s += epoch_s
         state.epoch = epoch
+        if probe:
+            probe.passed(state.elapsed_s)  # a rung passed during evaluation: the epoch's report stands for it
         metrics = {**epoch_metrics(epoch, tr, va, train_s, epoch_s, host.world, state), **mode.labels()}
         if plan.launch_time:  # the user's wait: seconds since the command (or API call) started
             metrics["since_launch_s"] = time.time() - plan.launch_time
@@ -119,29 +121,36 @@ def epochs(mode, host: Host, plan: RunPlan, marks: dict) -> None:
 
 class RungProbe:
     """A search's rungs on training seconds (`plan.probe_at_s`): when the run's training clock, the one
-    time_to_target_s reads, passes the next rung, evaluate and report val accuracy at that clock, mid-epoch.
-    Its seconds are handed back and not counted as training. One worker only (the spec refuses more): ranks
-    timing themselves could disagree on the step and leave each other waiting in the evaluation."""
+    time_to_target_s reads, passes the next rung mid-epoch, evaluate and report val accuracy at that clock.
+    Its seconds are handed back and not counted as training. A rung passed on an epoch's last step or during
+    its evaluation is left to the epoch's own report. One worker only (the spec refuses more): ranks timing
+    themselves could disagree on the step and leave each other waiting in the evaluation."""
 
     def __init__(self, mode, host: Host, plan: RunPlan):
         if host.world != 1:
             raise ValueError("rungs on seconds need a one-worker run")
         self.mode, self.host, self.steps = mode, host, plan.steps_per_epoch
-        self.pending = sorted(s for s in plan.probe_at_s if s > mode.state.elapsed_s)  # a resumed trial's are behind it
+        self.pending = sorted(plan.probe_at_s)
+        self.passed(mode.state.elapsed_s)  # a resumed trial's are behind it
+
+    def passed(self, elapsed_s: float) -> None:
+        while self.pending and self.pending[0] <= elapsed_s:
+            self.pending.pop(0)
 
     def at(self, epoch: int):
-        return lambda steps, train_s: self.check(epoch, steps, train_s)
+        return lambda steps, clock: self.check(epoch, steps, clock)
 
-    def check(self, epoch: int, steps: int, train_s: float) -> float:
-        clock = self.mode.state.elapsed_s + train_s
-        if not self.pending or clock < self.pending[0]:
+    def check(self, epoch: int, steps: int, clock) -> float:
+        if not self.pending or steps >= self.steps or self.mode.state.elapsed_s + clock() < self.pending[0]:
+            return 0.0
+        now = self.mode.state.elapsed_s + clock(sync=True)  # on a GPU: once the queued steps are done
+        if now < self.pending[0]:
             return 0.0
         t0 = time.perf_counter()
-        while self.pending and clock >= self.pending[0]:
-            self.pending.pop(0)
+        self.passed(now)
         va = self.mode.evaluate()
         n = max(va["count"], 1)
-        self.host.report({"val_accuracy": va["correct"] / n, "val_loss": va["loss_sum"] / n, "elapsed_s": clock,
+        self.host.report({"val_accuracy": va["correct"] / n, "val_loss": va["loss_sum"] / n, "elapsed_s": now,
                           "trained_epochs": epoch + steps / self.steps, "probe": True}, None)
         return time.perf_counter() - t0
 

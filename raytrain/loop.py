@@ -69,13 +69,19 @@ def timed(batches, clock: list):
 
 def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, stepper: SchedulerStepper,
                 scaler: torch.amp.GradScaler, env: StepEnv, max_grad_norm: float | None = None,
-                probe: Callable[[int, float], float] | None = None) -> dict:
+                probe: Callable[[int, Callable], float] | None = None) -> dict:
     """Train over `batches`; returns sums (loss_sum, correct, count, steps, skipped_steps), the seconds
-    spent waiting for input, and the wall-clock time the first step had finished. `probe(steps, train_s)`,
-    if given, runs after every step with the epoch's training seconds so far and returns the seconds it
-    spent (an evaluation mid-epoch): those are not training time (`probe_seconds`)."""
+    spent waiting for input, and the wall-clock time the first step had finished. `probe(steps, clock)`,
+    if given, runs after every step; `clock(sync)` is the epoch's training seconds so far (with sync=True,
+    once the device has finished the queued steps); it returns the seconds it spent (an evaluation
+    mid-epoch), which are not training time (`probe_seconds`)."""
     model.train()
     started, paused = time.perf_counter(), 0.0
+
+    def clock(sync: bool = False) -> float:
+        if sync:
+            env.synchronize()
+        return time.perf_counter() - started - paused
     loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
     correct = torch.zeros((), dtype=torch.int64, device=env.device)
     watch = SkipWatch(scaler)
@@ -114,7 +120,7 @@ def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, ste
             env.synchronize()  # once: the first step's time is when it really finished
             first_step_at = time.time()
         if probe is not None:
-            spent = probe(steps, time.perf_counter() - started - paused)
+            spent = probe(steps, clock)
             if spent:
                 paused += spent
                 model.train()  # the probe evaluated in eval mode

@@ -70,9 +70,14 @@ def test_rungs_on_seconds_compare_accuracy_at_equal_training_seconds():
     """With asha.grace_s the rungs sit on the trials' training clock (elapsed_s) where the trials report
     (probe_at_s): at 2 s the trial behind in accuracy is stopped, whatever its epoch; reports before a rung
     decide nothing; a trial outliving the last rung is not stopped for it."""
+    from raytrain.tuner.spec import SECOND_RUNGS
+
+    for rf, grace in ((2, 2.0), (3, 3.0), (4, 2.0), (1.5, 0.7)):  # ASHA places exactly the rungs trials report at
+        c = SearchConfig(objective={"time_to_target": 0.99}, asha={"max_t": 3, "grace_s": grace, "reduction_factor": rf})
+        rungs = [m for m, _ in reversed(tuning.make_scheduler(c)._brackets[0]._rungs)]
+        assert len(rungs) == SECOND_RUNGS and rungs == pytest.approx(c.asha.rung_seconds()), (rf, rungs)
     s = SearchConfig(objective={"time_to_target": 0.99}, asha={"max_t": 3, "grace_s": 2, "reduction_factor": 2})
     sched = tuning.make_scheduler(s)
-    assert [m for m, _ in reversed(sched._brackets[0]._rungs)] == s.asha.rung_seconds()[:len(sched._brackets[0]._rungs)]
     assert s.asha.rung_seconds()[:3] == [2.0, 4.0, 8.0]
     trials = [Trial("__fake", stub=True, trial_id=f"t{i}") for i in range(3)]
     for t in trials:
@@ -83,6 +88,30 @@ def test_rungs_on_seconds_compare_accuracy_at_equal_training_seconds():
                for t, (sec, acc) in zip(trials, [(2.01, 0.95), (2.02, 0.97), (2.05, 0.90)])]
     assert at_rung == [TrialScheduler.CONTINUE, TrialScheduler.CONTINUE, TrialScheduler.STOP]
     assert sched.on_trial_result(None, trials[1], {"elapsed_s": 1e6, "val_accuracy": 0.99}) == TrialScheduler.CONTINUE
+
+
+def test_budget_counts_the_epochs_each_trial_trained_including_where_asha_stopped_it():
+    """Tune hands the report ASHA stops a trial at to on_trial_complete, not on_trial_result: it still counts,
+    a fraction of an epoch at a rung on seconds; a trial restarted from an earlier checkpoint keeps what it spent."""
+    gen = tuning.BudgetedSearch(trial_epochs=3)
+    gen.on_trial_result("a", {"trained_epochs": 1})
+    gen.on_trial_result("a", {"trained_epochs": 2})
+    gen.on_trial_complete("b", {"trained_epochs": 0.27, "probe": True})  # stopped at its first rung
+    gen.on_trial_result("a", {"trained_epochs": 1})  # restarted from epoch 1's checkpoint
+    assert gen.spent_trial_epochs == pytest.approx(2.27) and gen._spent() is None
+    gen.on_trial_complete("c", {"trained_epochs": 0.8})
+    assert gen._spent() == "trial-epoch budget 3 spent"
+
+
+def test_streamed_search_leaves_a_whole_cpu_for_its_reads(tmp_path):
+    """A trial builds its streamed Datasets while Tune holds its CPUs; Ray Data's Parquet sampling tasks then
+    take a whole CPU each: with less reserved they could never run. Refused in one line, before Ray is asked."""
+    spec = json.loads(json.dumps(SPEC))
+    spec["data"] = {"dataset": "digits", "ingest": "stream", "stream_cpus": 0.5}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({**spec, "output": str(tmp_path / "runs")}))
+    with pytest.raises(UserError, match="data.stream_cpus 0.5: a search over streamed data needs at least 1 CPU"):
+        tuning.max_concurrent(load_spec(path))
 
 
 @pytest.mark.slow

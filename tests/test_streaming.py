@@ -94,15 +94,19 @@ def test_stream_that_could_not_make_progress_is_refused_not_hung(ray_local, exp_
 
 
 def test_stream_metadata_comes_from_footers_and_a_sample(tmp_path):
-    """Shape from one row group, class count from the label column's statistics, counts from the footers;
-    a single file without data.val_path is refused (streaming holds out whole files)."""
+    """Shape from a few rows (of the first file that has any), class count from the label column's
+    statistics, counts from the footers; a single file without data.val_path is refused (streaming holds out
+    whole files)."""
     from raytrain.config import DataConfig
     from raytrain.data import parquet
 
     train, val = _digits_parquet(tmp_path / "data", files=3)
+    empty = pq.read_table(train / "part-000.parquet").slice(0, 0)
+    pq.write_table(empty, train / "part-!empty.parquet")  # sorts first: an empty file is no sample
     src = parquet.inspect(DataConfig(**_data(train, val, ingest="stream")), 0)
     assert src.in_shape == (1, 8, 8) and src.num_classes == 10 and (src.n_train, src.n_val) == (1617, 180)
-    assert len(src.train) == 3 and len(src.val) == 1
+    assert len(src.train) == 4 and len(src.val) == 1 and src.train[0].endswith("part-!empty.parquet")
+    (train / "part-!empty.parquet").unlink()
     held_out = parquet.inspect(DataConfig(**{**_data(train, None), "val_path": None}), 0)
     assert (len(held_out.train), len(held_out.val)) == (2, 1) and held_out.n_train + held_out.n_val == 1617
     with pytest.raises(UserError, match="this has one file; give data.val_path"):

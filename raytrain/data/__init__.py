@@ -4,7 +4,7 @@ Two ingest paths (`data.ingest`, decided here by `ingest_mode`):
   * materialize: decoded once on the driver into a content-keyed Parquet cache (train/val files with a
     Ray tensor column `x` and an int64 `y`), handed to Ray Data as ready Arrow blocks (raytrain.ingest);
   * stream: Ray Data reads and decodes the Parquet (local or a URI) while training; the driver reads only
-    footers and one row group (`parquet.inspect`), never the table.
+    footers and a few rows (`parquet.inspect`), never the table.
 """
 
 from __future__ import annotations

@@ -7,11 +7,13 @@ here, so not even a metadata task), cut on the driver into one equal part per da
 
 stream: `read_parquet` + a decoding `map_batches`, with the CPUs reserved for them (`data.stream_cpus`)
 checked against the cluster before anything starts; Ray Train splits the stream across ranks with
-`streaming_split(equal=True)` (DDP ranks need equal step counts). Shuffling: the files are read in a
-seeded order (`FileShuffleConfig`), the same every epoch, and each epoch each rank shuffles within a
-local buffer seeded by (seed, epoch, rank): examples move between batches every epoch, but not across
-blocks further apart than the buffer; it is not a global shuffle. (`randomize_block_order` is an
-all-to-all: it would read a whole epoch before handing out its first block.)
+`streaming_split(equal=True)` (DDP ranks need equal step counts). Shuffling: the read tasks are handed
+the files in a seeded order (`FileShuffleConfig`), the same every epoch (blocks arrive in about that
+order: with several reads at once, not exactly), and each epoch each rank shuffles within a local buffer
+seeded by (seed, epoch, rank): examples move between batches every epoch, but not across blocks further
+apart than the buffer; it is not a global shuffle. (`randomize_block_order` is an all-to-all: it would
+read a whole epoch before handing out its first block.) Streamed reads use Parquet datasource V1 whatever
+RAY_DATA_USE_DATASOURCE_V2 says (see `_stream_context`).
 """
 
 from __future__ import annotations

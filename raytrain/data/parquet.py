@@ -62,7 +62,7 @@ def read_all(cfg: DataConfig):
 
 @dataclass
 class StreamSource:
-    """What the driver knows about a streamed Parquet dataset, from metadata and one row group."""
+    """What the driver knows about a streamed Parquet dataset, from metadata and a few rows."""
     fs: object
     train: list[str]
     val: list[str]
@@ -111,7 +111,7 @@ def size_bytes(cfg: DataConfig) -> int:
 
 
 def inspect(cfg: DataConfig, seed: int) -> StreamSource:
-    """Validate a Parquet dataset for streaming without reading it: schema, one row group, footers."""
+    """Validate a Parquet dataset for streaming without reading it: schema, footers, SAMPLE_ROWS rows."""
     loc = storage.resolve(cfg.path, "data.path")
     paths = files(loc, "data.path")
     if cfg.val_path:
@@ -133,14 +133,15 @@ def inspect(cfg: DataConfig, seed: int) -> StreamSource:
     label_type = schema.field(cfg.label).type
     if not (pa.types.is_integer(label_type) or pa.types.is_floating(label_type)):
         raise UserError(f"data.label: column {cfg.label!r} must hold integer class ids, not {label_type}")
-    with loc.fs.open_input_file(train_paths[0]) as f:  # a few rows, not a row group (one was 275 MB of RSS here)
-        sample = pa.Table.from_batches([next(pq.ParquetFile(f).iter_batches(batch_size=SAMPLE_ROWS,
-                                                                            columns=[cfg.features, cfg.label]))])
-    x = decode(sample, cfg.features, cfg.label, cfg.shape)["x"]
     counts = [m.num_rows for m in metas]
     n_train, n_val = sum(counts[: len(train_paths)]), sum(counts[len(train_paths):])
     if n_train == 0:
         raise UserError(f"data.path {cfg.path}: dataset is empty (0 rows)")
+    first = next(p for p, n in zip(train_paths, counts) if n)
+    with loc.fs.open_input_file(first) as f:  # a few rows, not a row group (one was 275 MB of RSS here)
+        sample = pa.Table.from_batches([next(pq.ParquetFile(f).iter_batches(batch_size=SAMPLE_ROWS,
+                                                                            columns=[cfg.features, cfg.label]))])
+    x = decode(sample, cfg.features, cfg.label, cfg.shape)["x"]
     return StreamSource(loc.fs, train_paths, val_paths, (cfg.features, cfg.label), cfg.shape, tuple(x.shape[1:]),
                         cfg.num_classes or _classes(metas, cfg.label), n_train, n_val,
                         sum(m.row_group(i).total_byte_size for m in metas[: len(train_paths)] for i in range(m.num_row_groups)))
@@ -152,6 +153,8 @@ def _classes(metas: list[pq.FileMetaData], label: str) -> int:
     for m in metas:
         col = m.schema.to_arrow_schema().get_field_index(label)
         for i in range(m.num_row_groups):
+            if m.row_group(i).num_rows == 0:  # an empty file's row group has no statistics to read
+                continue
             stats = m.row_group(i).column(col).statistics
             if stats is None or not stats.has_min_max:
                 raise UserError(f"data.num_classes: the label column {label!r} has no Parquet statistics; set it")

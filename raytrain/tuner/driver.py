@@ -35,7 +35,7 @@ def run(spec: SearchSpec, resume: Optional[str] = None) -> dict:
     for note in spec.notes:
         log.info(f"note: {note}")
     a = spec.search.asha
-    grace = f"grace={a.grace_period}" if a.grace_s is None else f"rungs at {a.grace_s:g} s x{a.reduction_factor:g}^k"
+    grace = f"grace={a.grace_period}" if a.grace_s is None else f"rungs at {a.grace_s:g} s x rf^k"
     log.info(f"search {run_dir}: {spec.n_trials()} trial(s), ASHA max_t={a.max_t} {grace} rf={a.reduction_factor:g}, "
              f"{concurrent} at a time, {'in the trial processes' if spec.search.trial.in_trial else 'Ray Train per trial'}")
     grid = tuning.build_tuner(spec, run_dir, concurrent, resume=resume is not None).fit()

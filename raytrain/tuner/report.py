@@ -37,7 +37,7 @@ def _rungs(summary: dict) -> tuple[str, list]:
         longest = max((h.get("elapsed_s") or 0.0 for r in summary["trials"] for h in r["history"]), default=0.0)
         return "seconds", [s for s in summary["rung_seconds"] if s <= longest]
     rungs = [summary["grace_period"] * summary["reduction_factor"] ** k for k in range(20)]
-    return "epoch", [int(r) for r in rungs if r < summary["max_t"]]
+    return "epoch", [int(r) for r in rungs if r <= summary["max_t"]]
 
 
 def curves(summary: dict) -> str:

@@ -17,7 +17,7 @@ from raytrain.configio import apply_overrides, read_yaml, set_dotted, validate_e
 from raytrain.errors import UserError, format_validation_error
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
-SECOND_RUNGS = 8  # rungs on seconds: grace_s x rf^0..7 (rf 3 and 3 s: up to 6561 s), more than any trial lives
+SECOND_RUNGS = 8  # rungs on seconds: grace_s x rf^0..7 (2 s x 4^7 = 9 h); a trial outliving the last goes on unjudged
 
 
 class Objective(Strict):
@@ -26,8 +26,9 @@ class Objective(Strict):
     mode: Literal["max", "min"] = "max"
     """Whether larger or smaller is better."""
     time_to_target: Optional[float] = Field(None, gt=0.0)
-    """Rank by training seconds to reach this val_accuracy; a trial stops the moment it reaches it. ASHA's rungs
-    then compare the seconds each trial took to reach `asha.rung_accuracy`."""
+    """Rank by training seconds to reach this val_accuracy; a trial stops the moment it reaches it (at an epoch's
+    end). ASHA's rungs then compare val accuracy at equal training seconds (`asha.grace_s`) or, on epochs, the
+    seconds each trial took to reach `asha.rung_accuracy`."""
 
 
 class Asha(Strict):
@@ -42,9 +43,9 @@ class Asha(Strict):
     (default: the target's error doubled, 0.99 -> 0.98); a trial yet to reach it ranks behind every one that has."""
     grace_s: Optional[float] = Field(None, gt=0.0)
     """time_to_target, one-worker trials: rungs on training seconds instead of epochs, the first at grace_s and
-    then every reduction_factor times later (grace_period is then unused). At each a trial evaluates mid-epoch
-    (not counted as training time) and the rungs compare val accuracy at equal training seconds: who is ahead
-    in the race to the target, whatever their epochs cost."""
+    then every reduction_factor times later, 8 rungs (grace_period and rung_accuracy are then unused). At each
+    a trial evaluates mid-epoch (not counted as training time) and the rungs compare val accuracy at equal
+    training seconds: who is ahead in the race to the target, whatever their epochs cost."""
 
     @model_validator(mode="after")
     def _grace(self) -> "Asha":

@@ -66,6 +66,9 @@ def max_concurrent(spec: SearchSpec) -> int:
     need `data.stream_cpus` beside its workers: admission leaves them free, or the reads would wait forever."""
     t = spec.search.trial
     bundle, extra = t.bundle(), stream_cpus(spec)
+    if 0 < extra < 1:  # a trial builds its streamed Datasets while its CPUs are held: their sampling tasks take 1 each
+        raise UserError(f"data.stream_cpus {extra:g}: a search over streamed data needs at least 1 CPU beside its "
+                        "trials (Ray Data's Parquet sampling tasks take a whole CPU)")
     check_fits(t.workers, bundle, extra)
     total = ray.cluster_resources()
     need = {k: t.workers * v + (extra if k == "CPU" else 0.0) for k, v in bundle.items() if v > 0}
@@ -111,7 +114,7 @@ def make_scheduler(s: SearchConfig) -> ASHAScheduler:
     if a.grace_s is not None:
         rungs = a.rung_seconds()
         return ASHAScheduler(time_attr="elapsed_s", metric="val_accuracy", mode="max", grace_period=rungs[0],
-                             max_t=rungs[-1] * 1.0001, reduction_factor=a.reduction_factor,  # exactly these rungs
+                             max_t=rungs[-1] * a.reduction_factor ** 0.5, reduction_factor=a.reduction_factor,  # these rungs
                              stop_last_trials=False)  # a trial outliving the last rung is not stopped there
     metric, mode = (RungClock.METRIC, "min") if s.objective.time_to_target else (s.objective.metric, s.objective.mode)
     return ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=a.max_t,
@@ -137,11 +140,20 @@ class BudgetedSearch(BasicVariantGenerator):
 
     def set_state(self, state):
         super().set_state(state)
+        self.__dict__.setdefault("trained", {})  # state saved before rungs on seconds
         self.started = time.time() - self.spent_wall_s
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if result.get("trained_epochs") is not None:  # epochs and mid-epoch rungs: what each trial has trained
-            self.trained[trial_id] = float(result["trained_epochs"])
+        self._count(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+        self._count(trial_id, result)  # the report ASHA stopped a trial at comes here, not to on_trial_result
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+    def _count(self, trial_id: str, result) -> None:
+        if result and result.get("trained_epochs") is not None:  # epochs, and fractions at rungs on seconds
+            # the most a trial trained: one restarted from an earlier checkpoint still spent what it lost
+            self.trained[trial_id] = max(self.trained.get(trial_id, 0.0), float(result["trained_epochs"]))
             self.spent_trial_epochs = sum(self.trained.values())
 
     def next_trial(self):
