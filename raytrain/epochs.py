@@ -148,11 +148,14 @@ class RungProbe:
             return 0.0
         t0 = time.perf_counter()
         self.passed(now)
-        va = self.mode.evaluate()
-        n = max(va["count"], 1)
-        self.host.report({"val_accuracy": va["correct"] / n, "val_loss": va["loss_sum"] / n, "elapsed_s": now,
+        self.host.report({**val_metrics(self.mode.evaluate()), "elapsed_s": now,
                           "trained_epochs": epoch + steps / self.steps, "probe": True}, None)
         return time.perf_counter() - t0
+
+
+def val_metrics(va: dict) -> dict:
+    """Validation loss and accuracy from evaluation sums."""
+    return {"val_loss": va["loss_sum"] / max(va["count"], 1), "val_accuracy": va["correct"] / max(va["count"], 1)}
 
 
 def epoch_metrics(epoch: int, tr: dict, va: dict, train_s: float, epoch_s: float, world: int, state) -> dict:
@@ -160,8 +163,8 @@ def epoch_metrics(epoch: int, tr: dict, va: dict, train_s: float, epoch_s: float
     wait = tr["wait_seconds"] / world  # mean over ranks: time blocked waiting for the next batch
     return {
         "epoch": epoch + 1, "train_loss": tr["loss_sum"] / max(tr["count"], 1),
-        "train_accuracy": tr["correct"] / max(tr["count"], 1), "val_loss": va["loss_sum"] / max(va["count"], 1),
-        "val_accuracy": va["correct"] / max(va["count"], 1), "samples_per_s": tr["count"] / max(train_s, 1e-9),
+        "train_accuracy": tr["correct"] / max(tr["count"], 1), **val_metrics(va),
+        "samples_per_s": tr["count"] / max(train_s, 1e-9),
         "epoch_s": epoch_s, "elapsed_s": state.elapsed_s, "trained_epochs": epoch + 1,
         "step_ms": 1000 * max(train_s - wait, 0.0) / steps,
         "input_wait_s": wait, "lr": current_lr(state.optimizer), "skipped_steps": int(tr["skipped_steps"]),

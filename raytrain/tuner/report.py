@@ -40,10 +40,9 @@ def _rungs(summary: dict) -> tuple[str, list]:
     return "epoch", [int(r) for r in rungs if r <= summary["max_t"]]
 
 
-def curves(summary: dict) -> str:
+def curves(summary: dict, unit: str, rungs: list) -> str:
     """Validation accuracy per epoch (or per training second, rungs on seconds included) for every trial; an x
-    where ASHA stopped a trial early; the rungs dotted."""
-    unit, rungs = _rungs(summary)
+    where ASHA stopped a trial early; the rungs (`_rungs`) dotted."""
     fig, ax = _figure()
     for r in summary["trials"]:
         hist = [h for h in r["history"] if (h.get("elapsed_s") if unit == "seconds" else h.get("epoch"))
@@ -87,9 +86,8 @@ def pareto(summary: dict) -> str:
     return _png(fig)
 
 
-def rung_table(summary: dict) -> list[tuple[str, int, float]]:
+def rung_table(summary: dict, unit: str, rungs: list) -> list[tuple[str, int, float]]:
     """(rung, trials that reached it, best val accuracy there: each trial's first report at or past it)."""
-    unit, rungs = _rungs(summary)
     out = []
     for rung in rungs:
         accs = []
@@ -144,7 +142,8 @@ def write_report(run_dir) -> str:
         f"<td>{num(r['val_accuracy'], '.4f')}</td><td>{num(r.get('time_to_target_s'), '.1f')}</td>"
         f"<td>{num(r.get('elapsed_s'), '.1f')}</td><td>{html.escape(str(r['status']))}</td></tr>"
         for r in summary["trials"])
-    rungs = "".join(f"<tr><td>{e}</td><td>{n}</td><td>{a:.4f}</td></tr>" for e, n, a in rung_table(summary))
+    unit, at = _rungs(summary)
+    rungs = "".join(f"<tr><td>{e}</td><td>{n}</td><td>{a:.4f}</td></tr>" for e, n, a in rung_table(summary, unit, at))
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>raytrain search report</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}</style></head><body>
@@ -154,7 +153,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}</style></head><bod
 {summary['wall_s']:.0f} s wall{html.escape(' (' + summary['budget_note'] + ')') if summary.get('budget_note') else ''}.
 Objective: {html.escape(json.dumps(summary['objective']))}; ASHA's rungs compare
 {html.escape(summary.get('rung_signal', 'the metric at equal epochs'))}.</p>
-<h2>Learning curves</h2><img src="data:image/png;base64,{curves(summary)}">
+<h2>Learning curves</h2><img src="data:image/png;base64,{curves(summary, unit, at)}">
 <h2>ASHA rungs</h2><table><tr><th>rung</th><th>trials reaching it</th><th>best val acc</th></tr>{rungs}</table>
 <h2>Trials (ranked)</h2><table><tr><th>rank</th><th>params</th><th>epochs</th><th>val acc</th><th>to target (s)</th>
 <th>train (s)</th><th>status</th></tr>{rows}</table></body></html>"""

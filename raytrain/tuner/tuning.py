@@ -130,9 +130,13 @@ class BudgetedSearch(BasicVariantGenerator):
     def __init__(self, *args, wall_s=None, trial_epochs=None, **kw):
         super().__init__(*args, **kw)
         self.budget_wall_s, self.budget_trial_epochs = wall_s, trial_epochs
-        self.started, self.spent_trial_epochs, self.stopped_admitting = time.time(), 0.0, None
-        self.trained: dict[str, float] = {}
+        self.started, self.stopped_admitting = time.time(), None
+        self.trained: dict[str, float] = {}  # trial id -> the most epochs it trained (fractions at rungs on seconds)
         self.spent_wall_s = 0.0  # as of the last save: a resumed search does not count the time it was down
+
+    @property
+    def spent_trial_epochs(self) -> float:
+        return sum(self.trained.values())
 
     def get_state(self):
         self.spent_wall_s = time.time() - self.started
@@ -154,7 +158,6 @@ class BudgetedSearch(BasicVariantGenerator):
         if result and result.get("trained_epochs") is not None:  # epochs, and fractions at rungs on seconds
             # the most a trial trained: one restarted from an earlier checkpoint still spent what it lost
             self.trained[trial_id] = max(self.trained.get(trial_id, 0.0), float(result["trained_epochs"]))
-            self.spent_trial_epochs = sum(self.trained.values())
 
     def next_trial(self):
         reason = self._spent()
