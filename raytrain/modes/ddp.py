@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Callable, Optional
 
 from torch import nn
@@ -70,9 +71,12 @@ class DataParallel:
             if rebuilt is not None:
                 self.model = rebuilt
 
-    def train_epoch(self, epoch: int, probe=None) -> dict:
+    def train_epoch(self, epoch: int, probe=None, limit: Optional[int] = None) -> dict:
         s = self.state
-        return train_epoch(self.model, self.data.train(epoch), s.optimizer, s.stepper, s.scaler, self.env,
+        batches = self.data.train(epoch)
+        if limit is not None:  # `epochs.warm_up`: the first steps only
+            batches = itertools.islice(batches, limit)
+        return train_epoch(self.model, batches, s.optimizer, s.stepper, s.scaler, self.env,
                            self.exp.train.max_grad_norm, probe)
 
     def evaluate(self) -> dict:

@@ -24,6 +24,7 @@ from raytrain.tuner.spec import RungClock, SearchConfig, SearchSpec
 
 RELEASE_WAIT_S = 30.0
 _datasets: dict = {}  # per trial process: (data info JSON, workers) -> Ingest, reused by the next trials
+_warmed: list[bool] = []  # per trial process: its first training step was taken (epochs.warm_up)
 
 
 def run_trial(config: dict, raw: dict, search_json: str, source: str, run_uri: str) -> None:
@@ -55,7 +56,11 @@ def run_trial(config: dict, raw: dict, search_json: str, source: str, run_uri: s
         from raytrain.hosts import TuneHost
 
         device = torch.device("cuda", 0) if exp.parallel.use_gpu else torch.device("cpu")
-        epochs.run(_Annotated(TuneHost(ingest.datasets, device), started, clock), plan)
+        host = _Annotated(TuneHost(ingest.datasets, device), started, clock)
+        if not _warmed:  # the process's first trial: its warm-up is not its training time
+            host.warm_up_s = epochs.warm_up(host, plan)
+            _warmed.append(True)
+        epochs.run(host, plan)
         return
     _nested(exp, plan, ingest, run_uri, clock)
 
@@ -66,12 +71,13 @@ class _Annotated:
 
     def __init__(self, host, started: float, clock: RungClock):
         self.host, self.started, self.clock = host, started, clock
+        self.warm_up_s = 0.0  # the process's warm-up, taken before this trial's clock (its first trial only)
 
     def __getattr__(self, name):
         return getattr(self.host, name)
 
     def report(self, metrics: dict, files) -> None:
-        self.host.report(self.clock.add({**metrics, **_span(self.started)}), files)
+        self.host.report(self.clock.add({**metrics, **_span(self.started), "warm_up_s": self.warm_up_s}), files)
 
 
 def _span(started: float) -> dict:

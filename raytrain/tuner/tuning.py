@@ -212,6 +212,7 @@ def collect(spec: SearchSpec, grid) -> list[dict]:
                      "epochs": epochs, "trained_epochs": round(trained, 3), "val_accuracy": m.get("val_accuracy"),
                      "val_loss": m.get("val_loss"), "elapsed_s": m.get("elapsed_s"), "time_to_target_s": m.get("time_to_target_s"),
                      "params_total": m.get("params_total"), "path": r.path,
+                     "warm_up_s": m.get("warm_up_s"),  # the trial process's warm-up, before this trial's clock
                      "history": [{k: h.get(k) for k in ("epoch", "val_accuracy", "val_loss", "elapsed_s", "train_loss",
                                                         "trained_epochs", "probe", "timestamp", "trial_started_mono",
                                                         "reported_mono")}
