@@ -69,8 +69,9 @@ def test_time_objective_rungs_keep_the_trial_that_gets_there_sooner():
 def test_rungs_on_seconds_compare_accuracy_at_equal_training_seconds():
     """With asha.grace_s the rungs sit on the trials' training clock (elapsed_s) where the trials report
     (probe_at_s): at 2 s the trial behind in accuracy is stopped, whatever its epoch; reports before a rung
-    decide nothing; a trial outliving the last rung is not stopped for it."""
-    from raytrain.tuner.spec import SECOND_RUNGS
+    decide nothing; a trial outliving the last rung is not stopped for it; a rung compares the best accuracy
+    each trial has reported by then, so a dip right after pruning does not stop the trial."""
+    from raytrain.tuner.spec import SECOND_RUNGS, RungClock
 
     for rf, grace in ((2, 2.0), (3, 3.0), (4, 2.0), (1.5, 0.7)):  # ASHA places exactly the rungs trials report at
         c = SearchConfig(objective={"time_to_target": 0.99}, asha={"max_t": 3, "grace_s": grace, "reduction_factor": rf})
@@ -82,12 +83,24 @@ def test_rungs_on_seconds_compare_accuracy_at_equal_training_seconds():
     trials = [Trial("__fake", stub=True, trial_id=f"t{i}") for i in range(3)]
     for t in trials:
         sched.on_trial_add(None, t)
-    early = sched.on_trial_result(None, trials[0], {"elapsed_s": 1.2, "val_accuracy": 0.1, "epoch": 1})
+    clocks = [RungClock(s) for _ in trials]  # each trial's own, as run_trial adds it to every report
+    early = sched.on_trial_result(None, trials[0], clocks[0].add({"elapsed_s": 1.2, "val_accuracy": 0.1, "epoch": 1}))
     assert early == TrialScheduler.CONTINUE
-    at_rung = [sched.on_trial_result(None, t, {"elapsed_s": sec, "val_accuracy": acc, "probe": True})
-               for t, (sec, acc) in zip(trials, [(2.01, 0.95), (2.02, 0.97), (2.05, 0.90)])]
+    at_rung = [sched.on_trial_result(None, t, c.add({"elapsed_s": sec, "val_accuracy": acc, "probe": True}))
+               for t, c, (sec, acc) in zip(trials, clocks, [(2.01, 0.95), (2.02, 0.97), (2.05, 0.90)])]
     assert at_rung == [TrialScheduler.CONTINUE, TrialScheduler.CONTINUE, TrialScheduler.STOP]
-    assert sched.on_trial_result(None, trials[1], {"elapsed_s": 1e6, "val_accuracy": 0.99}) == TrialScheduler.CONTINUE
+    assert sched.on_trial_result(None, trials[1], clocks[1].add({"elapsed_s": 1e6, "val_accuracy": 0.99})) \
+        == TrialScheduler.CONTINUE
+    # a rung just after pruning's dip: judged on the best the trial has reported by then (its epoch's end)
+    more = [Trial("__fake", stub=True, trial_id=f"u{i}") for i in range(2)]
+    for t in more:
+        sched.on_trial_add(None, t)
+    pruned, other = RungClock(s), RungClock(s)
+    sched.on_trial_result(None, more[1], other.add({"elapsed_s": 4.01, "val_accuracy": 0.975}))
+    sched.on_trial_result(None, more[0], pruned.add({"elapsed_s": 3.5, "val_accuracy": 0.98, "epoch": 1}))
+    dip = pruned.add({"elapsed_s": 4.02, "val_accuracy": 0.96, "probe": True})
+    assert dip["best_val_accuracy"] == 0.98 and dip["val_accuracy"] == 0.96
+    assert sched.on_trial_result(None, more[0], dip) == TrialScheduler.CONTINUE
 
 
 def test_budget_counts_the_epochs_each_trial_trained_including_where_asha_stopped_it():

@@ -16,7 +16,8 @@ from raytrain.tuner.spec import RungClock, SearchSpec
 log = logging.getLogger("raytrain")
 
 
-def run(spec: SearchSpec, resume: Optional[str] = None) -> dict:
+def run(spec: SearchSpec, resume: Optional[str] = None, scheduler=None) -> dict:
+    """`scheduler`: a Tune scheduler instead of the spec's ASHA (bench/rungs.py records whole trials with FIFO)."""
     t0 = time.time()
     out = storage.resolve(spec.base.output)
     storage.check_reachable(out, "output")
@@ -38,7 +39,7 @@ def run(spec: SearchSpec, resume: Optional[str] = None) -> dict:
     grace = f"grace={a.grace_period}" if a.grace_s is None else f"rungs at {a.grace_s:g} s x rf^k"
     log.info(f"search {run_dir}: {spec.n_trials()} trial(s), ASHA max_t={a.max_t} {grace} rf={a.reduction_factor:g}, "
              f"{concurrent} at a time, {'in the trial processes' if spec.search.trial.in_trial else 'Ray Train per trial'}")
-    grid = tuning.build_tuner(spec, run_dir, concurrent, resume=resume is not None).fit()
+    grid = tuning.build_tuner(spec, run_dir, concurrent, resume=resume is not None, scheduler=scheduler).fit()
     rows = tuning.collect(spec, grid)
     summary = {"run_dir": run_dir.uri, "wall_s": time.time() - t0, "trials": rows,
                "trial_epochs": tuning.trial_epochs(rows), "max_t": a.max_t, "grace_period": a.grace_period,
@@ -59,7 +60,8 @@ def rung_signal(spec: SearchSpec) -> str:
     if target is None:
         return f"{spec.search.objective.metric} at equal epochs"
     if spec.search.asha.grace_s is not None:
-        return "val accuracy at equal training seconds (each trial evaluated as its clock passed the rung)"
+        return ("best val accuracy by equal training seconds (each trial evaluated as its clock passed the rung, "
+                "and at its epochs' ends)")
     return f"seconds to {RungClock(spec.search).accuracy:.2%} val accuracy, at equal epochs"
 
 

@@ -78,7 +78,8 @@ def max_concurrent(spec: SearchSpec) -> int:
     return max(1, min(want, spec.n_trials()))
 
 
-def build_tuner(spec: SearchSpec, run_dir: Location, concurrent: int, resume: bool = False) -> tune.Tuner:
+def build_tuner(spec: SearchSpec, run_dir: Location, concurrent: int, resume: bool = False,
+                scheduler=None) -> tune.Tuner:
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 
     s = spec.search
@@ -90,7 +91,7 @@ def build_tuner(spec: SearchSpec, run_dir: Location, concurrent: int, resume: bo
     return tune.Tuner(
         fn,
         param_space=spec.param_space(),
-        tune_config=tune.TuneConfig(scheduler=make_scheduler(s), num_samples=spec.n_trials(),
+        tune_config=tune.TuneConfig(scheduler=scheduler or make_scheduler(s), num_samples=spec.n_trials(),
                                     search_alg=seeded_search(spec, concurrent),
                                     reuse_actors=s.trial.in_trial),  # a trial process serves the next trial
         run_config=tune.RunConfig(name=TUNE_DIR, storage_path=path, storage_filesystem=fs,
@@ -109,11 +110,12 @@ def make_scheduler(s: SearchConfig) -> ASHAScheduler:
     compare the objective's metric; for a time objective, the seconds to an intermediate accuracy (`RungClock`,
     added to every report by the trial). With `asha.grace_s`, ASHA on training seconds (`elapsed_s`, the clock
     time_to_target_s reads): each trial reports its val accuracy at every rung (`RunPlan.probe_at_s`), and the
-    rungs compare it at equal seconds. Trials end by their own epochs, never at ASHA's max_t."""
+    rungs compare the best it has reported by then (`RungClock`) at equal seconds. Trials end by their own
+    epochs, never at ASHA's max_t."""
     a = s.asha
     if a.grace_s is not None:
         rungs = a.rung_seconds()
-        return ASHAScheduler(time_attr="elapsed_s", metric="val_accuracy", mode="max", grace_period=rungs[0],
+        return ASHAScheduler(time_attr="elapsed_s", metric=RungClock.BEST, mode="max", grace_period=rungs[0],
                              max_t=rungs[-1] * a.reduction_factor ** 0.5, reduction_factor=a.reduction_factor,  # these rungs
                              stop_last_trials=False)  # a trial outliving the last rung is not stopped there
     metric, mode = (RungClock.METRIC, "min") if s.objective.time_to_target else (s.objective.metric, s.objective.mode)
