@@ -8,6 +8,7 @@ the pipeline differing only inside its epoch.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -60,7 +61,12 @@ def warm_up(host: Host, plan: RunPlan, steps: int = 3) -> float:
 
     t0 = time.perf_counter()
     with process_settings(exp, plan):
-        DataParallel(exp, info, plan, host, None, lambda name: None).train_epoch(0, limit=steps)
+        mode = DataParallel(exp, info, plan, host, None, lambda name: None)
+        mode.train_epoch(0, limit=steps)
+    del mode
+    gc.collect()  # its model and (on a GPU) its device cache go before the run builds its own
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # back to the device: the run's device-cache decision reads free memory
     return time.perf_counter() - t0
 
 

@@ -201,18 +201,21 @@ def test_admission_limit_holds_where_ray_would_allow_more(ray_head_with, tmp_pat
 
 def test_first_trial_in_a_process_is_warmed_and_retrains_exactly(ray_local, tmp_path):
     """The trial process's first trial takes a few throwaway steps before its clock starts (so it is not timed
-    with the process's warm-up, as the trials after it are not); those steps touch nothing of the trial: its
-    best.yaml, retrained with `raytrain train` (no warm-up), gives the identical run."""
+    with the process's warm-up, as the trials after it are not); those steps touch nothing of the trial: the
+    same configuration trained next in the same process, unwarmed, and its best.yaml retrained with `raytrain
+    train` give the identical run."""
     spec = json.loads(json.dumps(SPEC))
     spec["model"] = {"name": "cnn", "width": 0.5}
-    spec["search"].update(samples=1, objective={"time_to_target": 0.9}, space={"train.optimizer.lr": {"choice": [0.1]}},
+    spec["search"].update(samples=2, objective={"time_to_target": 0.9}, space={"train.optimizer.lr": {"choice": [0.1]}},
                           max_concurrent=1, trial={"workers": 1, "cpus_per_worker": 2},
                           asha={"max_t": 3, "grace_period": 3})
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump({**spec, "output": str(tmp_path / "runs")}))
     summary = driver.run(load_spec(spec_path))
-    (trial,) = summary["trials"]
-    assert trial["warm_up_s"] > 0, trial  # the process's first trial: warmed before its clock
+    warmed, trial = sorted(summary["trials"], key=lambda r: r["history"][0]["trial_started_mono"])
+    assert warmed["warm_up_s"] > 0 and trial["warm_up_s"] == 0, summary["trials"]  # the process's first only
+    assert warmed["val_accuracy"] == pytest.approx(trial["val_accuracy"], abs=1e-9)
+    assert warmed["history"][-1]["train_loss"] == pytest.approx(trial["history"][-1]["train_loss"], rel=1e-6)
     again = trainer.run(load_experiment(Path(summary["run_dir"]) / "best.yaml", [f"output={tmp_path / 'best'}"]))
     assert again["final"]["epoch"] == trial["epochs"]
     assert again["final"]["val_accuracy"] == pytest.approx(trial["val_accuracy"], abs=1e-9)

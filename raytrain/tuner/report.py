@@ -87,7 +87,8 @@ def pareto(summary: dict) -> str:
 
 
 def rung_table(summary: dict, unit: str, rungs: list) -> list[tuple[str, int, float]]:
-    """(rung, trials that reached it, best val accuracy there: each trial's first report at or past it)."""
+    """(rung, trials that reached it, best val accuracy there: each trial's first report at or past it, on
+    seconds the best it had reached by then, as ASHA compared it)."""
     out = []
     for rung in rungs:
         accs = []
@@ -95,7 +96,7 @@ def rung_table(summary: dict, unit: str, rungs: list) -> list[tuple[str, int, fl
             at = [h for h in r["history"] if h.get("val_accuracy") is not None and
                   ((h.get("elapsed_s") or 0.0) >= rung if unit == "seconds" else h.get("epoch") == rung)]
             if at:
-                accs.append(at[0]["val_accuracy"])
+                accs.append(at[0].get("best_val_accuracy") or at[0]["val_accuracy"])
         out.append((f"{rung:g} s" if unit == "seconds" else f"epoch {rung}", len(accs),
                     max(accs) if accs else float("nan")))
     return out

@@ -27,8 +27,8 @@ class Objective(Strict):
     """Whether larger or smaller is better."""
     time_to_target: Optional[float] = Field(None, gt=0.0)
     """Rank by training seconds to reach this val_accuracy; a trial stops the moment it reaches it (at an epoch's
-    end). ASHA's rungs then compare val accuracy at equal training seconds (`asha.grace_s`) or, on epochs, the
-    seconds each trial took to reach `asha.rung_accuracy`."""
+    end). ASHA's rungs then compare the best val accuracy reached by equal training seconds (`asha.grace_s`) or,
+    on epochs, the seconds each trial took to reach `asha.rung_accuracy`."""
 
 
 class Asha(Strict):
@@ -44,8 +44,8 @@ class Asha(Strict):
     grace_s: Optional[float] = Field(None, gt=0.0)
     """time_to_target, one-worker trials: rungs on training seconds instead of epochs, the first at grace_s and
     then every reduction_factor times later, 8 rungs (grace_period and rung_accuracy are then unused). At each
-    a trial evaluates mid-epoch (not counted as training time) and the rungs compare val accuracy at equal
-    training seconds: who is ahead in the race to the target, whatever their epochs cost."""
+    a trial evaluates mid-epoch (not counted as training time) and the rungs compare the best val accuracy each
+    trial has reached by then: who is ahead in the race to the target, whatever their epochs cost."""
 
     @model_validator(mode="after")
     def _grace(self) -> "Asha":
@@ -144,7 +144,7 @@ class RungClock:
 
     def __init__(self, s: SearchConfig):
         target = s.objective.time_to_target
-        epoch_rungs = target is not None and s.asha.grace_s is None  # rungs on seconds compare val_accuracy
+        epoch_rungs = target is not None and s.asha.grace_s is None  # rungs on seconds: the best so far
         self.accuracy = (s.asha.rung_accuracy or 2 * target - 1) if epoch_rungs else None
         self.second_rungs = target is not None and s.asha.grace_s is not None
         self.reached = None

@@ -67,7 +67,8 @@ def run_trial(config: dict, raw: dict, search_json: str, source: str, run_uri: s
 
 class _Annotated:
     """A host that adds to each report what the search layer needs: the trial's monotonic start and report
-    times (overlap checks) and, for a time objective, the seconds to the rung accuracy (ASHA's signal)."""
+    times (overlap checks), the process warm-up taken before its clock (`warm_up_s`) and, for a time
+    objective, ASHA's signal (`RungClock`: seconds to the rung accuracy, or the best val accuracy so far)."""
 
     def __init__(self, host, started: float, clock: RungClock):
         self.host, self.started, self.clock = host, started, clock

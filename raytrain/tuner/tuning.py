@@ -86,6 +86,8 @@ def build_tuner(spec: SearchSpec, run_dir: Location, concurrent: int, resume: bo
     fn = trainable(spec, run_dir)
     path, fs = run_dir.for_ray()
     if resume:
+        if scheduler is not None:
+            raise ValueError("a resumed search keeps the scheduler it started with")
         return tune.Tuner.restore((run_dir / TUNE_DIR).path, trainable=fn, resume_unfinished=True,
                                   resume_errored=False, restart_errored=False, storage_filesystem=fs)
     return tune.Tuner(
@@ -216,8 +218,8 @@ def collect(spec: SearchSpec, grid) -> list[dict]:
                      "params_total": m.get("params_total"), "path": r.path,
                      "warm_up_s": m.get("warm_up_s"),  # the trial process's warm-up, before this trial's clock
                      "history": [{k: h.get(k) for k in ("epoch", "val_accuracy", "val_loss", "elapsed_s", "train_loss",
-                                                        "trained_epochs", "probe", "timestamp", "trial_started_mono",
-                                                        "reported_mono")}
+                                                        "trained_epochs", "probe", "best_val_accuracy", "timestamp",
+                                                        "trial_started_mono", "reported_mono")}
                                  for h in hist]})
     return rank(rows, spec.search)
 
