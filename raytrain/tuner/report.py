@@ -96,7 +96,8 @@ def rung_table(summary: dict, unit: str, rungs: list) -> list[tuple[str, int, fl
             at = [h for h in r["history"] if h.get("val_accuracy") is not None and
                   ((h.get("elapsed_s") or 0.0) >= rung if unit == "seconds" else h.get("epoch") == rung)]
             if at:
-                accs.append(at[0].get("best_val_accuracy") or at[0]["val_accuracy"])
+                best = at[0].get("best_val_accuracy")  # rungs on seconds: what ASHA compared
+                accs.append(at[0]["val_accuracy"] if best is None else best)
         out.append((f"{rung:g} s" if unit == "seconds" else f"epoch {rung}", len(accs),
                     max(accs) if accs else float("nan")))
     return out

@@ -144,17 +144,16 @@ class RungClock:
 
     def __init__(self, s: SearchConfig):
         target = s.objective.time_to_target
-        epoch_rungs = target is not None and s.asha.grace_s is None  # rungs on seconds: the best so far
-        self.accuracy = (s.asha.rung_accuracy or 2 * target - 1) if epoch_rungs else None
         self.second_rungs = target is not None and s.asha.grace_s is not None
-        self.reached = None
-        self.best = None
+        epoch_rungs = target is not None and not self.second_rungs
+        self.accuracy = (s.asha.rung_accuracy or 2 * target - 1) if epoch_rungs else None
+        self.reached, self.best = None, -math.inf
 
     def add(self, metrics: dict) -> dict:
         if "val_accuracy" not in metrics:
             return metrics
         if self.second_rungs:
-            self.best = max(self.best if self.best is not None else -math.inf, metrics["val_accuracy"])
+            self.best = max(self.best, metrics["val_accuracy"])
             return {**metrics, self.BEST: self.best}
         if self.accuracy is None:
             return metrics
