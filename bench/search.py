@@ -15,6 +15,7 @@ from bench.common import OUT, ROOT, cli, median
 N_COMPARE = 30  # configurations for the ASHA on/off comparison (no budget: the same configs both ways); the
 # headline runs ~150: the first trials' passes for want of company weigh more in a small search
 COMPARE_SEEDS = (1, 2)  # search.seed: which configurations, in which order
+OFF = "search.asha={max_t: 3, grace_period: 3}"  # ASHA off: the one rung is the last epoch, nobody is stopped
 
 
 def _train(path: str) -> dict:
@@ -24,14 +25,16 @@ def _train(path: str) -> dict:
             "train_s_to_target": f.get("time_to_target_s"), "epochs": f.get("epoch"), "val_accuracy": f.get("val_accuracy")}
 
 
-def _search(spec_path, *overrides) -> dict:
-    r = cli("search", str(spec_path), "--set", f"output={OUT}", *[a for o in overrides for a in ("--set", o)])
+def _search(spec_path, *overrides, timeout: float = 3600) -> dict:
+    r = cli("search", str(spec_path), "--set", f"output={OUT}", *[a for o in overrides for a in ("--set", o)],
+            timeout=timeout)
     s = r["summary"]
     reached = [t for t in s["trials"] if t.get("time_to_target_s") is not None]
     return {"process_wall_s": r["process_wall_s"], "wall_s": s["wall_s"], "trials": len(s["trials"]),
             "trial_epochs": s["trial_epochs"], "reached": len(reached), "budget_note": s.get("budget_note"),
             "best": {k: reached[0][k] for k in ("params", "time_to_target_s", "epochs", "val_accuracy")} if reached else None,
-            "best_yaml": s.get("best_yaml"), "run_dir": s["run_dir"]}
+            "best_yaml": s.get("best_yaml"), "run_dir": s["run_dir"],
+            "reached_params": [{"params": t["params"], "time_to_target_s": t["time_to_target_s"]} for t in reached]}
 
 
 def run() -> dict:
@@ -44,7 +47,7 @@ def run() -> dict:
     compare = {"seeds": {}}
     for seed in COMPARE_SEEDS:
         one = {}
-        for label, asha in (("asha", None), ("off", "search.asha={max_t: 3, grace_period: 3}")):
+        for label, asha in (("asha", None), ("off", OFF)):
             one[label] = _search(spec, f"search.samples={N_COMPARE}", f"search.seed={seed}", "search.budget={}",
                                  *([asha] if asha else []))
         one["trial_epochs_ratio"] = one["asha"]["trial_epochs"] / one["off"]["trial_epochs"]
