@@ -10,8 +10,8 @@ import time
 
 from bench.common import RESULTS, ROOT, load
 
-SECTIONS = ["startup", "mnist", "foundation", "search", "headline_asha", "rungs", "trials", "asha", "ablation", "storage", "streaming", "pipeline",
-            "gpu"]
+SECTIONS = ["startup", "mnist", "foundation", "search", "headline_asha", "rungs", "trials", "asha", "ablation", "storage",
+            "streaming", "pipeline", "gpu"]
 DEFAULT = "startup,mnist,foundation"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
