@@ -4,9 +4,10 @@ one run, for each sampling seed (seed 1 is the shipped spec's). ~65 minutes a se
 --only headline_asha` runs one seed and keeps the others' earlier results (each seed's pair is stamped). The
 budget is lifted in both, so that both run every configuration (the shipped 14-minute budget is read against the
 ASHA run's wall). The two searches run ~an hour apart and this VM drifts (±20%), so each search's best is also
-read in the other run (`bench.search.derived`). The `search` section compares 30 configurations for two
-seeds: with one trial at a time, ASHA's first trials pass every rung for want of company, a cost that weighs more
-in a small search; this is the comparison at the size the headline runs at."""
+read in the other run (`bench.search.derived`), and the `asha_pick` section then retrains the picks side by side.
+The `search` section compares 30 configurations for two seeds: with one trial at a time, ASHA's first trials pass
+every rung for want of company, a cost that weighs more in a small search; this is the comparison at the size the
+headline runs at."""
 
 from __future__ import annotations
 
