@@ -166,6 +166,11 @@ def check_shared_output(output: str, declared_shared: bool) -> None:
 KEYS = {"CPU": "parallel.workers x parallel.cpus_per_worker", "GPU": "parallel.use_gpu"}
 
 
+def needed(workers: int, bundle: dict[str, float], extra_cpus: float = 0.0) -> dict[str, float]:
+    """What `workers` x `bundle` hold together, plus `extra_cpus` for Ray Data's reads."""
+    return {k: v * workers + (extra_cpus if k == "CPU" else 0.0) for k, v in bundle.items()}
+
+
 def check_fits(workers: int, bundle: dict[str, float], extra_cpus: float = 0.0, keys: dict | None = None) -> None:
     """Refuse (UserError) `workers` x `bundle` (plus `extra_cpus` for Ray Data) when the cluster can never
     hold them, instead of letting Ray wait for it."""
@@ -174,8 +179,8 @@ def check_fits(workers: int, bundle: dict[str, float], extra_cpus: float = 0.0, 
     keys = keys or KEYS
     nodes = alive_nodes()
     total = {k: sum(n["Resources"].get(k, 0.0) for n in nodes) for k in bundle}
-    for key, per_worker in bundle.items():
-        need = per_worker * workers + (extra_cpus if key == "CPU" else 0.0)
+    for key, need in needed(workers, bundle, extra_cpus).items():
+        per_worker = bundle[key]
         if total[key] < need - 1e-9:
             what = keys.get(key, key)
             more = f" + {extra_cpus:g} for Ray Data (data.stream_cpus)" if key == "CPU" and extra_cpus else ""

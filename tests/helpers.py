@@ -113,8 +113,11 @@ RESUME_SEARCH = {
     "name": "r", "seed": 0, "data": {"dataset": "digits", "upscale": 4}, "model": {"name": "mlp", "width": 4.0},
     "train": {"batch_size": 64, "precision": "fp32", "optimizer": {"name": "sgd", "lr": 0.05}},
     "search": {"samples": 1, "space": {"data.upscale": {"grid": [2, 8]}},
-               "asha": {"max_t": 6, "grace_period": 6, "reduction_factor": 2}, "max_concurrent": 1, "order": "listed",
-               "trial": {"workers": 1}},
+               "asha": {"max_t": 6, "grace_period": 6, "reduction_factor": 2, "rung_accuracy": 0.3},
+               "max_concurrent": 1, "order": "listed", "trial": {"workers": 1},
+               # a target no trial reaches (all train 6 epochs), and a rung accuracy every trial reaches in its
+               # first epoch: the seconds it took must survive a resume (RungClock, kept beside the checkpoint)
+               "objective": {"time_to_target": 0.9999}},
 }
 
 # Tune snapshots its experiment state (and syncs trial results to storage) at most every 10 s by default: a

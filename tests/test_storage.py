@@ -176,7 +176,8 @@ def test_killed_driver_then_resume_from_s3_finishes_at_the_right_epoch(starts_ra
 def test_search_on_s3_killed_and_resumed_keeps_finished_trials_then_reports(ray_head, s3_server, tmp_path):
     """A search driver SIGKILLed while its cluster lives on (a `ray job submit` whose submitter died): once one
     trial is finished in S3, the driver dies; `--resume` on the same cluster finishes the other trial from its
-    checkpoint without one more result for the finished one, then `report` reads it all from S3. (The cluster
+    checkpoint without one more result for the finished one, its rung signal carried over (the seconds it took
+    to the rung accuracy, in epoch 1), then `report` reads it all from S3. (The cluster
     dying with the driver is the train test above; local storage takes the same pyarrow path.)"""
     _, _, env = ray_head
     bucket = s3_server()
@@ -239,8 +240,10 @@ def test_search_on_s3_killed_and_resumed_keeps_finished_trials_then_reports(ray_
     for trial, was in before.items():  # finished before the kill: not one checkpoint or result more
         assert trained(trial) == was, trial
     for path, _ in trials.values():  # the interrupted one went on from its checkpoint, not from epoch 1
-        epochs = [r["epoch"] for r in results(path) if "epoch" in r]
-        assert epochs[-1] == 6 and epochs.count(1) == 1, (path, epochs)
+        rows = [r for r in results(path) if "epoch" in r]
+        assert [r["epoch"] for r in rows][-1] == 6 and [r["epoch"] for r in rows].count(1) == 1, (path, rows)
+        # ASHA's signal went on too: the seconds to the rung accuracy, reached in epoch 1, not taken afresh
+        assert rows[0]["val_accuracy"] >= 0.3 and {r["seconds_to_rung"] for r in rows} == {rows[0]["elapsed_s"]}, rows
     assert main(["report", run]) == 0
     html = resolve(run + "/report.html").read_text()
-    assert "Best configuration" in html and html.count("data:image/png;base64,") == 2
+    assert "No configuration reached 99.99%" in html and html.count("data:image/png;base64,") == 2

@@ -162,6 +162,15 @@ class RungClock:
         seconds = self.reached if self.reached is not None else self.BEHIND + float(metrics.get("elapsed_s", 0.0))
         return {**metrics, self.METRIC: seconds}
 
+    def state_dict(self) -> dict:
+        """What a restored trial must not forget (kept beside its checkpoint): the clock restarting would let a
+        rung just after a resume judge a pruning dip, or a seconds-to-rung already reached, afresh."""
+        return {"reached": self.reached, "best": self.best if math.isfinite(self.best) else None}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.reached = d.get("reached")
+        self.best = d["best"] if d.get("best") is not None else -math.inf
+
 
 class SearchSpec:
     """The validated base experiment (raw mapping + model) and its search block."""

@@ -11,6 +11,7 @@ reports with `TuneReportCallback`.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -18,11 +19,12 @@ import ray
 import torch
 from ray import tune
 
-from raytrain import _ray_compat, console, epochs
+from raytrain import _ray_compat, console, epochs, storage
 from raytrain.errors import UserError
 from raytrain.tuner.spec import RungClock, SearchConfig, SearchSpec
 
 RELEASE_WAIT_S = 30.0
+CLOCK_FILE = "rung_clock.json"  # the trial's RungClock, beside its checkpoint (a restored trial's rungs go on)
 _datasets: dict = {}  # per trial process: (data info JSON, workers) -> Ingest, reused by the next trials
 _warmed: list[bool] = []  # per trial process: its first training step was taken (epochs.warm_up)
 
@@ -56,6 +58,9 @@ def run_trial(config: dict, raw: dict, search_json: str, source: str, run_uri: s
         from raytrain.hosts import TuneHost
 
         device = torch.device("cuda", 0) if exp.parallel.use_gpu else torch.device("cpu")
+        cp = tune.get_checkpoint()
+        if cp is not None:
+            _load_clock(clock, storage.from_fs(cp.filesystem, cp.path) / CLOCK_FILE)
         host = _Annotated(TuneHost(ingest.datasets, device), started, clock)
         if not _warmed:  # the process's first trial: its warm-up is not its training time
             host.warm_up_s = epochs.warm_up(host, plan)
@@ -78,11 +83,19 @@ class _Annotated:
         return getattr(self.host, name)
 
     def report(self, metrics: dict, files) -> None:
-        self.host.report(self.clock.add({**metrics, **_span(self.started), "warm_up_s": self.warm_up_s}), files)
+        metrics = self.clock.add({**metrics, **_span(self.started), "warm_up_s": self.warm_up_s})
+        if files:
+            files = {**files, CLOCK_FILE: json.dumps(self.clock.state_dict()).encode()}
+        self.host.report(metrics, files)
 
 
 def _span(started: float) -> dict:
     return {"trial_started_mono": started, "reported_mono": time.monotonic()}
+
+
+def _load_clock(clock: RungClock, path: storage.Location) -> None:
+    if path.exists():  # absent: a checkpoint written before the clock was kept
+        clock.load_state_dict(json.loads(path.read_text()))
 
 
 def _nested(exp, plan, ingest, run_uri: str, clock: RungClock) -> None:
@@ -90,13 +103,16 @@ def _nested(exp, plan, ingest, run_uri: str, clock: RungClock) -> None:
     never in Tune's local staging folder, so they outlive the cluster and a resumed search finds them."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from raytrain import storage
     from raytrain.worker_group import build_trainer, root_cause
 
     trial_dir = storage.resolve(run_uri) / "trials" / tune.get_context().get_trial_id()
+    _load_clock(clock, trial_dir / CLOCK_FILE)  # a restarted trial's TorchTrainer resumes from trial_dir
+
     class Forward(TuneReportCallback):  # Train's reports to Tune, with ASHA's signal added
         def after_report(self, run_context, metrics, checkpoint):
             super().after_report(run_context, [clock.add(m) for m in metrics], checkpoint)
+            if checkpoint is not None:
+                (trial_dir / CLOCK_FILE).write_text(json.dumps(clock.state_dict()))
 
     fit = build_trainer(exp, plan, ingest, trial_dir, callbacks=[Forward()])
     try:

@@ -24,7 +24,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from raytrain.errors import UserError
-from raytrain.runtime import check_fits
+from raytrain.runtime import check_fits, needed
 from raytrain.storage import Location
 from raytrain.tuner.spec import RungClock, SearchConfig, SearchSpec
 from raytrain.tuner.trial import trainable
@@ -71,7 +71,7 @@ def max_concurrent(spec: SearchSpec) -> int:
                         "trials (Ray Data's Parquet sampling tasks take a whole CPU)")
     check_fits(t.workers, bundle, extra)
     total = ray.cluster_resources()
-    need = {k: t.workers * v + (extra if k == "CPU" else 0.0) for k, v in bundle.items() if v > 0}
+    need = {k: v for k, v in needed(t.workers, bundle, extra).items() if bundle[k] > 0}
     fits = [int(total.get(k, 0.0) / v + 1e-9) for k, v in need.items()]
     auto = max(1, min(fits))
     want = auto if spec.search.max_concurrent == "auto" else min(int(spec.search.max_concurrent), auto)
