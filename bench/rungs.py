@@ -129,8 +129,8 @@ def rows(r: dict) -> list[tuple[str, str, str]]:
     if not r or "grid" not in r:
         return []
     out = []
-    for key, label in (("1.5x5", "the headline's rungs (1.5 s, rf 5)"), ("2x4", "the previous rungs (2 s, rf 4)"),
-                       ("1x6", "rungs at 1 s, rf 6")):
+    for key, label in (("1.5x3", "the headline's rungs (1.5 s, rf 3)"), ("1.5x5", "the previous rungs (1.5 s, rf 5)"),
+                       ("2x4", "the first rungs (2 s, rf 4)")):
         cell = r["grid"].get(key)
         if not cell:
             continue
