@@ -39,6 +39,8 @@ def _med(runs: list[dict], key: str):
 
 
 def _compare(seed: str, c: dict) -> dict:
+    if not c["asha"]["best"] or len(c["off"]["reached_params"]) < 2:
+        return {"skipped": "ASHA found no configuration reaching the target, or off fewer than two"}
     picks = {"asha_best": c["asha"]["best"]["params"], "off_best": c["off"]["reached_params"][0]["params"],
              "off_2nd": c["off"]["reached_params"][1]["params"]}
     paths = {k: _yaml(seed, k, p) for k, p in picks.items()}
@@ -68,6 +70,9 @@ def rows(r: dict) -> list[tuple[str, str, str]]:
         return []
     out = []
     for seed, c in sorted(r["seeds"].items()):
+        if "skipped" in c:
+            out.append((f"ASHA's best vs ASHA off's best, seed {seed} of `headline_asha`", c["skipped"], "within 5%"))
+            continue
         m = c["median"]
         fmt = lambda k: (f"{m[k]['train_s']:.2f} s" if m[k]["train_s"] else "missed") + \
             f" ({m[k]['reached']}/{r['repeats']} reached)"  # noqa: E731

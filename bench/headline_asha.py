@@ -28,12 +28,13 @@ def run() -> dict:
     seeds = os.environ.get("BENCH_SEEDS", ",".join(map(str, SEEDS))).split(",")
     done = (load("headline_asha") or {}).get("seeds", {})
     only_asha = os.environ.get("BENCH_ARMS") == "asha"
-    return {"seeds": {**done, **{s: _compare(int(s), done[s] if only_asha else None) for s in seeds}},
+    return {"seeds": {**done, **{s: _compare(int(s), done.get(s) if only_asha else None) for s in seeds}},
             "task": f"MNIST to 99.0%, 2 CPUs, trials 1 x 2 CPUs, {SAMPLES} configurations a seed, no budget"}
 
 
 def _compare(seed: int, stored: dict | None) -> dict:
-    """ASHA then off for `seed`; with `stored` (an earlier pair of this seed), ASHA against its off arm."""
+    """ASHA then off for `seed`; with `stored` (an earlier pair of this seed), ASHA against its off arm (a seed
+    with none runs both)."""
     spec = ROOT / "search" / "mnist-speed.yaml"
     common = (f"search.samples={SAMPLES}", f"search.seed={seed}", "search.budget={}")
     asha = _search(spec, *common)
@@ -65,7 +66,8 @@ def rows(r: dict) -> list[tuple[str, str, str]]:
         rungs = c.get("rungs") or {"grace_s": 1.5, "reduction_factor": 5}  # pairs stored before this field
         when = c["measured_at"] if c.get("off_measured_at", c["measured_at"]) == c["measured_at"] else \
             f"ASHA {c['measured_at']}, off {c['off_measured_at']}"
-        out.append((f"ASHA (rungs at {rungs['grace_s']:g} s x {rungs['reduction_factor']:g}) on the headline search "
+        at = f"{rungs['grace_s']:g} s" if rungs.get("grace_s") is not None else f"epoch {rungs.get('grace_period', 1)}"
+        out.append((f"ASHA (rungs at {at} x {rungs.get('reduction_factor', 4):g}) on the headline search "
                     f"itself vs the same {a['trials']} configurations with ASHA off, seed {seed} ({when}): "
                     "trial-epochs, best configuration, wall",
                     f"**{a['trial_epochs']:g} vs {o['trial_epochs']:g} = {c['trial_epochs_ratio']:.0%}**, {best}; "

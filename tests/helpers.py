@@ -116,7 +116,7 @@ RESUME_SEARCH = {
                "asha": {"max_t": 6, "grace_period": 6, "reduction_factor": 2, "rung_accuracy": 0.3},
                "max_concurrent": 1, "order": "listed", "trial": {"workers": 1},
                # a target no trial reaches (all train 6 epochs), and a rung accuracy every trial reaches in its
-               # first epoch: the seconds it took must survive a resume (RungClock, kept beside the checkpoint)
+               # first epoch: the seconds it took must survive a resume (RungClock, kept with the trial's checkpoints)
                "objective": {"time_to_target": 0.9999}},
 }
 

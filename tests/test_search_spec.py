@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 from ray import tune
 
 from raytrain.cli import main
 from raytrain.errors import UserError
-from raytrain.tuner.spec import load_spec
+from raytrain.tuner.spec import RungClock, load_spec
 from raytrain.tuner.tuning import rank
 from raytrain.tuner.spec import SearchConfig
 
@@ -128,3 +130,25 @@ def test_ranking_by_time_to_target_then_accuracy():
     assert [r["trial_id"] for r in ranked] == ["d", "b", "c", "a"]
     by_acc = rank(rows, SearchConfig())
     assert [r["trial_id"] for r in by_acc] == ["b", "d", "c", "a"]
+
+
+@pytest.mark.parametrize("asha", [{"max_t": 3, "grace_s": 1.5, "reduction_factor": 3},  # best accuracy so far
+                                  {"max_t": 3, "grace_period": 1, "reduction_factor": 3}])  # seconds to 98%
+def test_rung_clock_restored_from_its_state_goes_on_where_it_was(asha):
+    """A resumed trial's clock (rung_clock.json, through JSON as the trial keeps it) answers its next report as the
+    uninterrupted clock does, and a fresh one does not: the signal a rung right after a resume judges."""
+
+
+    s = SearchConfig(objective={"time_to_target": 0.99}, asha=asha)
+    before = [{"elapsed_s": 4.0, "val_accuracy": 0.985}, {"elapsed_s": 8.0, "val_accuracy": 0.97}]
+    after = {"elapsed_s": 9.0, "val_accuracy": 0.975}  # a pruning dip right after the resume
+    whole = RungClock(s)
+    for m in before:
+        whole.add(m)
+    restored = RungClock(s)
+    restored.load_state_dict(json.loads(json.dumps(whole.state_dict())))
+    assert restored.add(after) == whole.add(after)
+    assert RungClock(s).add(after) != whole.add(after)
+    fresh = RungClock(s)
+    fresh.load_state_dict(json.loads(json.dumps(RungClock(s).state_dict())))  # nothing reported yet: -inf -> null
+    assert fresh.add(after) == RungClock(s).add(after)

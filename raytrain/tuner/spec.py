@@ -163,8 +163,8 @@ class RungClock:
         return {**metrics, self.METRIC: seconds}
 
     def state_dict(self) -> dict:
-        """What a restored trial must not forget (kept beside its checkpoint): the clock restarting would let a
-        rung just after a resume judge a pruning dip, or a seconds-to-rung already reached, afresh."""
+        """What a restored trial must not forget (the trial keeps it with its checkpoints): the clock restarting
+        would let a rung just after a resume judge a pruning dip, or time a rung accuracy already reached, afresh."""
         return {"reached": self.reached, "best": self.best if math.isfinite(self.best) else None}
 
     def load_state_dict(self, d: dict) -> None:

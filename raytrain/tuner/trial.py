@@ -12,6 +12,7 @@ reports with `TuneReportCallback`.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 
@@ -21,10 +22,12 @@ from ray import tune
 
 from raytrain import _ray_compat, console, epochs, storage
 from raytrain.errors import UserError
+from raytrain.runtime import needed
 from raytrain.tuner.spec import RungClock, SearchConfig, SearchSpec
 
 RELEASE_WAIT_S = 30.0
-CLOCK_FILE = "rung_clock.json"  # the trial's RungClock, beside its checkpoint (a restored trial's rungs go on)
+CLOCK_FILE = "rung_clock.json"  # the trial's RungClock, so that a restored trial's rungs go on (see _load_clock)
+log = logging.getLogger("raytrain")
 _datasets: dict = {}  # per trial process: (data info JSON, workers) -> Ingest, reused by the next trials
 _warmed: list[bool] = []  # per trial process: its first training step was taken (epochs.warm_up)
 
@@ -58,10 +61,10 @@ def run_trial(config: dict, raw: dict, search_json: str, source: str, run_uri: s
         from raytrain.hosts import TuneHost
 
         device = torch.device("cuda", 0) if exp.parallel.use_gpu else torch.device("cpu")
-        cp = tune.get_checkpoint()
-        if cp is not None:
-            _load_clock(clock, storage.from_fs(cp.filesystem, cp.path) / CLOCK_FILE)
         host = _Annotated(TuneHost(ingest.datasets, device), started, clock)
+        registered = host.registered()
+        if registered is not None:
+            _load_clock(clock, registered / CLOCK_FILE)
         if not _warmed:  # the process's first trial: its warm-up is not its training time
             host.warm_up_s = epochs.warm_up(host, plan)
             _warmed.append(True)
@@ -73,7 +76,8 @@ def run_trial(config: dict, raw: dict, search_json: str, source: str, run_uri: s
 class _Annotated:
     """A host that adds to each report what the search layer needs: the trial's monotonic start and report
     times (overlap checks), the process warm-up taken before its clock (`warm_up_s`) and, for a time
-    objective, ASHA's signal (`RungClock`: seconds to the rung accuracy, or the best val accuracy so far)."""
+    objective, ASHA's signal (`RungClock`: seconds to the rung accuracy, or the best val accuracy so far),
+    whose state goes into each checkpoint's folder (CLOCK_FILE)."""
 
     def __init__(self, host, started: float, clock: RungClock):
         self.host, self.started, self.clock = host, started, clock
@@ -94,8 +98,16 @@ def _span(started: float) -> dict:
 
 
 def _load_clock(clock: RungClock, path: storage.Location) -> None:
-    if path.exists():  # absent: a checkpoint written before the clock was kept
-        clock.load_state_dict(json.loads(path.read_text()))
+    """A restored trial's rung signal, as it was when its checkpoint was reported. In-trial: from the folder of
+    the checkpoint Tune registered (the one the loop restores, unless that one is torn and an older one is
+    used: the clock is then an epoch ahead, which only keeps a best reached in the lost epoch). Nested: one
+    file per trial, written after Train reported each checkpoint (a trial dying in between retimes one rung).
+    Absent (a checkpoint from before the clock was kept) or unreadable: a fresh clock, as before."""
+    try:
+        if path.exists():
+            clock.load_state_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError, AttributeError, UserError) as e:
+        log.warning(f"{path.uri}: unreadable rung clock ({e}); this trial's rungs start afresh")
 
 
 def _nested(exp, plan, ingest, run_uri: str, clock: RungClock) -> None:
@@ -126,7 +138,7 @@ def _nested(exp, plan, ingest, run_uri: str, clock: RungClock) -> None:
 def wait_released(workers: int, bundle: dict) -> None:
     """Return only once this trial's workers' CPUs and GPUs are back (bounded), so the next trial's fit."""
     deadline = time.monotonic() + RELEASE_WAIT_S
-    need = {k: v * workers for k, v in bundle.items() if k in ("CPU", "GPU")}
+    need = {k: v for k, v in needed(workers, bundle).items() if k in ("CPU", "GPU")}
     while time.monotonic() < deadline:
         free = ray.available_resources()
         if all(free.get(k, 0.0) >= v - 1e-6 for k, v in need.items()):
