@@ -38,12 +38,12 @@ def _compare(seed: int, stored: dict | None) -> dict:
     spec = ROOT / "search" / "mnist-speed.yaml"
     common = (f"search.samples={SAMPLES}", f"search.seed={seed}", "search.budget={}")
     asha = _search(spec, *common)
-    now = time.strftime("%Y-%m-%d %H:%M")
+    asha_at = time.strftime("%Y-%m-%d %H:%M")
     if stored:
-        off, off_at = stored["off"], stored.get("off_measured_at", stored["measured_at"])
+        off, off_at = stored["off"], stored["off_measured_at"]
     else:
         off, off_at = _search(spec, *common, OFF, timeout=3 * 3600), time.strftime("%Y-%m-%d %H:%M")
-    return {"asha": asha, "off": off, **derived(asha, off), "measured_at": now, "off_measured_at": off_at,
+    return {"asha": asha, "off": off, **derived(asha, off), "measured_at": asha_at, "off_measured_at": off_at,
             "rungs": yaml.safe_load(spec.read_text())["search"]["asha"]}
 
 
@@ -63,9 +63,8 @@ def rows(r: dict) -> list[tuple[str, str, str]]:
                     f"{o['reached']}, at {c['asha_best_in_off_ratio']:.2f}× its best; off's best {kept}")
         else:
             best = f"ASHA's best {c['best_time_ratio']:.2f}× off's" if c["best_time_ratio"] else "no best"
-        rungs = c.get("rungs") or {"grace_s": 1.5, "reduction_factor": 5}  # pairs stored before this field
-        when = c["measured_at"] if c.get("off_measured_at", c["measured_at"]) == c["measured_at"] else \
-            f"ASHA {c['measured_at']}, off {c['off_measured_at']}"
+        rungs = c["rungs"]
+        when = f"ASHA {c['measured_at']}, off {c['off_measured_at']}"
         at = f"{rungs['grace_s']:g} s" if rungs.get("grace_s") is not None else f"epoch {rungs.get('grace_period', 1)}"
         out.append((f"ASHA (rungs at {at} x {rungs.get('reduction_factor', 4):g}) on the headline search "
                     f"itself vs the same {a['trials']} configurations with ASHA off, seed {seed} ({when}): "

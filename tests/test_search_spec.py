@@ -10,9 +10,8 @@ from ray import tune
 
 from raytrain.cli import main
 from raytrain.errors import UserError
-from raytrain.tuner.spec import RungClock, load_spec
+from raytrain.tuner.spec import RungClock, SearchConfig, load_spec
 from raytrain.tuner.tuning import rank
-from raytrain.tuner.spec import SearchConfig
 
 BASE = {"name": "s", "data": {"dataset": "digits"}, "model": {"name": "mlp"},
         "train": {"batch_size": 64, "precision": "fp32"}, "pruning": {"method": "structured"}}
@@ -137,8 +136,6 @@ def test_ranking_by_time_to_target_then_accuracy():
 def test_rung_clock_restored_from_its_state_goes_on_where_it_was(asha):
     """A resumed trial's clock (rung_clock.json, through JSON as the trial keeps it) answers its next report as the
     uninterrupted clock does, and a fresh one does not: the signal a rung right after a resume judges."""
-
-
     s = SearchConfig(objective={"time_to_target": 0.99}, asha=asha)
     before = [{"elapsed_s": 4.0, "val_accuracy": 0.985}, {"elapsed_s": 8.0, "val_accuracy": 0.97}]
     after = {"elapsed_s": 9.0, "val_accuracy": 0.975}  # a pruning dip right after the resume

@@ -241,7 +241,8 @@ def test_search_on_s3_killed_and_resumed_keeps_finished_trials_then_reports(ray_
         assert trained(trial) == was, trial
     for path, _ in trials.values():  # the interrupted one went on from its checkpoint, not from epoch 1
         rows = [r for r in results(path) if "epoch" in r]
-        assert [r["epoch"] for r in rows][-1] == 6 and [r["epoch"] for r in rows].count(1) == 1, (path, rows)
+        epochs = [r["epoch"] for r in rows]
+        assert epochs[-1] == 6 and epochs.count(1) == 1, (path, epochs)
         # ASHA's signal went on too: the seconds to the rung accuracy, reached in epoch 1, not taken afresh
         assert rows[0]["val_accuracy"] >= 0.3 and {r["seconds_to_rung"] for r in rows} == {rows[0]["elapsed_s"]}, rows
     assert main(["report", run]) == 0
