@@ -117,7 +117,7 @@ def factory_name(fn: Callable) -> str:
 
 
 def train(exp: Union[Experiment, PathLike], *, model: Optional[Callable] = None, datasets: Optional[dict] = None,
-          resume: Optional[PathLike] = None, launch: Optional[float] = None) -> RunResult:
+          resume: Optional[PathLike] = None, launch: Optional[float] = None, verbose: bool = False) -> RunResult:
     """Train one experiment; returns its `RunResult` (the run folder is the same as the CLI's).
 
     model: a factory `(in_shape, num_classes) -> nn.Module` used instead of `model.name` (it must pickle
@@ -125,13 +125,24 @@ def train(exp: Union[Experiment, PathLike], *, model: Optional[Callable] = None,
     datasets: {"train": ray.data.Dataset, "val": ray.data.Dataset} with the columns `data.features` and
         `data.label` name, checked like Parquet and ingested like every dataset.
     resume: a run folder (path or URI) to continue from its newest readable checkpoint.
+    verbose: also Ray's, Ray Data's and Tune's own console output (by default only lines to act on).
     """
     launch = launch or time.time()
     exp = _experiment(exp)
     if model is not None:
         exp = exp.model_copy(update={"model": exp.model.model_copy(update={"name": factory_name(model)})})
     _check_storage(exp.output, resume)  # a bad URI or an unreachable store: one line, before Ray starts
-    with runtime.preserved(), console.attached():
+    if resume is not None:  # the run's own model, or one line saying why it cannot be (never another model)
+        from raytrain.modelfile import resumed
+
+        exp = resumed(exp, str(resume), model)
+    from raytrain import trainer
+
+    if trainer.without_ray(exp, datasets):  # one worker, materialised data, this machine: no Ray to start
+        with runtime.preserved(), console.attached(verbose), runtime.sigterm_as_interrupt():
+            s = trainer.run(exp, resume, launch, factory=model, ray="none")
+        return _run_result(s)
+    with runtime.preserved(), console.attached(verbose):
         # The data and model checks need no cluster and ray.init mostly waits for the processes it starts:
         # side by side, the first step comes that much sooner. Bad input still ends in one UserError.
         ready = runtime.in_background(_preflight, exp, model) if datasets is None else None
@@ -140,26 +151,30 @@ def train(exp: Union[Experiment, PathLike], *, model: Optional[Callable] = None,
             prepared = ready.result() if ready is not None else None
             if prepared is not None:
                 prepared.ray_up_at = ray_up
-            from raytrain import trainer
 
             url = runtime.dashboard_url()
             if url and kind == "embedded":
                 console.LOGGER.info(f"Ray dashboard: {url}")
-            s = trainer.run(exp, resume, launch, prepared=prepared, factory=model, datasets=datasets)
+            s = trainer.run(exp, resume, launch, prepared=prepared, factory=model, datasets=datasets, ray=kind)
+    return _run_result(s)
+
+
+def _run_result(s: dict) -> RunResult:
     return RunResult(s["run_dir"], s["status"], s["final"], s["checkpoint"], s["error"], s["startup"], s["wall_s"],
                      s["mode"], s)
 
 
 def search(spec: Union[PathLike, Any], *, overrides: Optional[list[str]] = None,
-           resume: Optional[PathLike] = None) -> SearchResult:
-    """Run (or, with `resume`, finish) a Tune search over a spec: an experiment YAML with a `search:` block."""
+           resume: Optional[PathLike] = None, verbose: bool = False) -> SearchResult:
+    """Run (or, with `resume`, finish) a Tune search over a spec: an experiment YAML with a `search:` block.
+    Each trial event is one console line; `verbose` adds Tune's status tables and Ray's own output."""
     from raytrain.tuner import driver
     from raytrain.tuner.report import write_report
     from raytrain.tuner.spec import SearchSpec, load_spec
 
     spec = spec if isinstance(spec, SearchSpec) else load_spec(spec, overrides)
     _check_storage(spec.base.output, resume)
-    with runtime.preserved(), console.attached(), runtime.ray_session() as kind:
+    with runtime.preserved(), console.attached(verbose), runtime.ray_session() as kind:
         url = runtime.dashboard_url()
         if url and kind == "embedded":
             console.LOGGER.info(f"Ray dashboard: {url}")
@@ -169,10 +184,45 @@ def search(spec: Union[PathLike, Any], *, overrides: Optional[list[str]] = None,
 
 
 def export(run_dir: PathLike, out: Optional[PathLike] = None) -> str:
-    """Write a run's newest readable checkpoint as one plain state_dict (default RUN_DIR/model.pt)."""
+    """Write a run's newest readable checkpoint as one plain state_dict (default RUN_DIR/model.pt) and, beside
+    it with the suffix .pt2, a torch.export program (input normalisation inside) that loads with plain torch:
+    `torch.export.load(path).module()`. Never overwrites; returns the state_dict's path."""
     from raytrain.modelfile import export as _export
 
     return _export(str(run_dir), str(out) if out is not None else None)[0]
+
+
+def load_model(path: PathLike, model: Optional[Callable] = None):
+    """The trained model of a run folder (its newest readable checkpoint, pruned structure included) or of a
+    file `export` wrote, in eval mode on the CPU. It takes features as the dataset stores them and returns
+    logits (the run's input normalisation is inside); `.net` is the network itself, `.classes` the class
+    names (or None). A .pt2 program loads as torch.export's module. `model`: the factory of a run trained
+    from Python whose factory is not importable by name. No Ray is started."""
+    from raytrain.modelfile import load_model as _load_model
+
+    return _load_model(str(path), model)
+
+
+def evaluate(run_dir: PathLike, data: Optional[PathLike] = None, overrides: Optional[list[str]] = None,
+             model: Optional[Callable] = None):
+    """Accuracy of a run's newest checkpoint on its validation split, or on every row of `data` (a Parquet
+    file/folder/URI with the run's feature and label columns, or an image folder `<class>/<image>`);
+    `overrides` are `"data.key=value"` changes to the run's data block. Returns an `Evaluation` (accuracy,
+    loss, count, data, checkpoint). No Ray is started."""
+    from raytrain.inference import evaluate as _evaluate
+
+    return _evaluate(str(run_dir), str(data) if data is not None else None, overrides, model)
+
+
+def predict(run_dir: PathLike, inputs: PathLike, out: PathLike, overrides: Optional[list[str]] = None,
+            model: Optional[Callable] = None) -> str:
+    """Write predictions of a run's newest checkpoint for every row of `inputs` (a Parquet file/folder/URI
+    with the run's feature column, or a folder of images) to `out` (.parquet or .csv, never overwritten):
+    row, class_id, class_name (when the run recorded class names), probability, and path for images.
+    Returns `out`. No Ray is started."""
+    from raytrain.inference import predict as _predict
+
+    return _predict(str(run_dir), str(inputs), str(out), overrides, model)[0]
 
 
 def check_cluster(path: PathLike, crds: Optional[PathLike] = None) -> list[str]:
@@ -189,5 +239,5 @@ def fit(spec: PathLike, cluster: PathLike) -> tuple[bool, list[str]]:
     return _fit(Path(spec), Path(cluster))
 
 
-__all__ = ["Experiment", "RunResult", "SearchResult", "UserError", "check_cluster", "export", "fit",
-           "load_experiment", "search", "train", "validate"]
+__all__ = ["Experiment", "RunResult", "SearchResult", "UserError", "check_cluster", "evaluate", "export", "fit",
+           "load_experiment", "load_model", "predict", "search", "train", "validate"]

@@ -24,6 +24,7 @@ from raytrain import checkpoint as ckpt
 from raytrain import collectives
 from raytrain.hosts import Host
 from raytrain.plan import RunPlan
+from raytrain.progress import EpochProgress
 from raytrain.techniques.allocator import keep_freed_memory
 from raytrain.techniques.schedule import current_lr
 
@@ -110,10 +111,16 @@ def epochs(mode, host: Host, plan: RunPlan, marks: dict) -> None:
     exp, state = mode.exp, mode.state
     start = state.epoch + 1
     probe = RungProbe(mode, host, plan) if plan.probe_at_s else None
+    progress = None
+    if host.rank == 0 and plan.mode != "trial":  # a search's trials report through its own lines
+        progress = EpochProgress(plan.steps_per_epoch, exp.train.epochs, exp.train.batch_size)
     for epoch in range(start, exp.train.epochs):
         mode.before_epoch(epoch)
         t0 = time.perf_counter()
-        local = mode.train_epoch(epoch, **({"probe": probe.at(epoch)} if probe else {}))
+        local = mode.train_epoch(epoch, on_step(probe.at(epoch) if probe else None,
+                                                progress.at(epoch) if progress else None))
+        if progress:
+            progress.end()
         first_step_at = local.pop("first_step_at")
         paused = local.pop("probe_seconds", 0.0)
         tr = collectives.reduce_sums(local)
@@ -143,6 +150,16 @@ def epochs(mode, host: Host, plan: RunPlan, marks: dict) -> None:
         host.report(metrics, files)
         if final:
             break
+
+
+def on_step(*hooks: Optional[Callable]) -> Optional[Callable]:
+    """One step hook calling each given one; the seconds they spent outside training add up."""
+    hooks = [h for h in hooks if h is not None]
+    if not hooks:
+        return None
+    if len(hooks) == 1:
+        return hooks[0]
+    return lambda steps, clock: sum(h(steps, clock) for h in hooks)
 
 
 class RungProbe:

@@ -69,12 +69,12 @@ def timed(batches, clock: list):
 
 def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, stepper: SchedulerStepper,
                 scaler: torch.amp.GradScaler, env: StepEnv, max_grad_norm: float | None = None,
-                probe: Callable[[int, Callable], float] | None = None) -> dict:
+                on_step: Callable[[int, Callable], float] | None = None) -> dict:
     """Train over `batches`; returns sums (loss_sum, correct, count, steps, skipped_steps), the seconds
-    spent waiting for input, and the wall-clock time the first step had finished. `probe(steps, clock)`,
+    spent waiting for input, and the wall-clock time the first step had finished. `on_step(steps, clock)`,
     if given, runs after every step; `clock(sync)` is the epoch's training seconds so far (with sync=True,
-    once the device has finished the queued steps); it returns the seconds it spent (an evaluation
-    mid-epoch), which are not training time (`probe_seconds`)."""
+    once the device has finished the queued steps); it returns the seconds it spent that are not training
+    (e.g. an evaluation mid-epoch: `probe_seconds`)."""
     model.train()
     started, paused = time.perf_counter(), 0.0
 
@@ -119,8 +119,8 @@ def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, ste
         if first_step_at is None:
             env.synchronize()  # once: the first step's time is when it really finished
             first_step_at = time.time()
-        if probe is not None:
-            spent = probe(steps, clock)
+        if on_step is not None:
+            spent = on_step(steps, clock)
             if spent:
                 paused += spent
                 model.train()  # the probe evaluated in eval mode

@@ -5,12 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-
-import ray
 
 from raytrain import _ray_compat
 from raytrain.errors import UserError
@@ -37,8 +36,10 @@ def scoped_env(values: dict):
 
 
 def ray_env() -> dict:
-    """What every Ray process of ours must inherit: bounded Ray Train waits, quiet Ray Data."""
-    return dict(_ray_compat.ENV)
+    """What every Ray process of ours must inherit: bounded Ray Train waits, quiet Ray Data (as this process has
+    them where set: --verbose's), and the call's verbosity."""
+    keys = [*_ray_compat.ENV, *_ray_compat.VERBOSE_ENV, "RAYTRAIN_VERBOSE"]
+    return {**_ray_compat.ENV, **{k: os.environ[k] for k in keys if k in os.environ}}
 
 
 @contextmanager
@@ -48,6 +49,8 @@ def ray_session(num_cpus: int | None = None, dashboard: bool = True):
     needed and PYTHONPATH are put back. Its dashboard binds to 127.0.0.1. Yields "existing", "cluster"
     or "embedded"."""
     global _dashboard
+    import ray
+
     with ExitStack() as undo:  # unwound in reverse: SIGTERM handler, Ray, PYTHONPATH, env
         undo.enter_context(scoped_env(ray_env()))
         if ray.is_initialized():
@@ -69,10 +72,29 @@ def ray_session(num_cpus: int | None = None, dashboard: bool = True):
             kind = "cluster"
         undo.callback(ray.shutdown)
         _dashboard = getattr(ctx, "dashboard_url", None)
-        if threading.current_thread() is threading.main_thread():  # signals can only be handled there
-            previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM = Ctrl-C: the same clean shutdown
-            undo.callback(signal.signal, signal.SIGTERM, previous)
+        undo.enter_context(sigterm_as_interrupt())
         yield kind
+
+
+def ray_running() -> bool:
+    """Whether this process already has a Ray session (a notebook's, a test's, a Tune trial's), without
+    importing Ray to find out."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (what Kubernetes and `ray job stop` send) handled like Ctrl-C: the same clean shutdown. The
+    handler as it was, afterwards; off the main thread (where signals cannot be handled) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager
@@ -145,6 +167,8 @@ def autoscaling_allowed() -> bool:
 
 
 def alive_nodes() -> list[dict]:
+    import ray
+
     return [n for n in ray.nodes() if n.get("Alive")]
 
 
@@ -188,6 +212,16 @@ def check_fits(workers: int, bundle: dict[str, float], extra_cpus: float = 0.0, 
                             f"{total[key]:g} (set RAYTRAIN_AUTOSCALING=1 if it autoscales)")
     if not any(all(n["Resources"].get(k, 0.0) >= v for k, v in bundle.items()) for n in nodes):
         raise UserError(f"parallel: no single node has {bundle} for one worker")
+
+
+def check_fits_here(bundle: dict[str, float]) -> None:
+    """The one worker of a run with no Ray against this machine: the CPUs this process may use, its GPUs."""
+    import torch
+
+    have = {"CPU": float(len(os.sched_getaffinity(0))), "GPU": float(torch.cuda.device_count())}
+    for key, need in bundle.items():
+        if have.get(key, 0.0) < need - 1e-9:
+            raise UserError(f"{KEYS.get(key, key)}: 1 worker needs {need:g} {key} but this machine has {have.get(key, 0.0):g}")
 
 
 @contextmanager

@@ -10,8 +10,10 @@ keeps the worker group for Ray Train's restarts and process isolation.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import resource
 import time
 from dataclasses import dataclass
@@ -77,20 +79,37 @@ def check_model_fits(exp: Experiment, info: data_mod.DataInfo, factory: Optional
             raise UserError(f"train.batch_size {exp.train.batch_size}: larger than the training set ({info.n_train})")
 
 
-def in_process(exp: Experiment) -> bool:
-    """Whether the one worker can train in this process (see the module docstring)."""
+def _one_local_worker(exp: Experiment) -> bool:
     par = exp.parallel
-    if par.workers != 1 or par.pipeline.stages != 1 or par.isolate or par.worker_resources:
+    return par.workers == 1 and par.pipeline.stages == 1 and not par.isolate and not par.worker_resources
+
+
+def without_ray(exp: Experiment, datasets: Optional[dict] = None) -> bool:
+    """Whether the run needs no Ray at all: one worker, materialised data of its own (not the caller's Ray
+    Datasets), on this machine (no RAY_ADDRESS, no Ray session already in this process). Such a run reads its
+    data into tensors and trains here: Ray's processes, placement group and Ray Data would only add start-up."""
+    if datasets is not None or not _one_local_worker(exp) or os.environ.get("RAY_ADDRESS") or runtime.ray_running():
+        return False
+    return data_mod.ingest_mode(exp.data) == "materialize"
+
+
+def in_process(exp: Experiment) -> bool:
+    """Whether the one worker of a run on Ray can train in this process (see the module docstring)."""
+    par = exp.parallel
+    if not _one_local_worker(exp):
         return False
     if par.use_gpu and torch.cuda.device_count() != 1:
         return False  # no GPU here (Ray places the worker where one is), or several: Ray picks which one
     return not runtime.multi_node()
 
 
-def check_resources(exp: Experiment, local: bool, info: data_mod.DataInfo) -> None:
-    """Workers (and the CPUs streaming needs beside them) the cluster can ever hold; local output on a
-    multi-node cluster; all before anything is created."""
+def check_resources(exp: Experiment, local: bool, info: data_mod.DataInfo, on_ray: bool = True) -> None:
+    """Workers (and the CPUs streaming needs beside them) the cluster (or, with no Ray, this machine) can ever
+    hold; local output on a multi-node cluster; all before anything is created."""
     par = exp.parallel
+    if not on_ray:
+        runtime.check_fits_here(par.bundle())
+        return
     runtime.check_fits(par.workers, par.bundle(), exp.data.stream_cpus if info.ingest == "stream" else 0.0)
     if not local:
         runtime.check_shared_output(exp.output, exp.output_shared)
@@ -98,11 +117,16 @@ def check_resources(exp: Experiment, local: bool, info: data_mod.DataInfo) -> No
 
 def run(exp: Experiment, resume: Optional[str] = None, launch: Optional[float] = None,
         prepared: Optional[Prepared] = None, factory: Optional[Callable] = None,
-        datasets: Optional[dict] = None) -> dict[str, Any]:
+        datasets: Optional[dict] = None, ray: str = "embedded") -> dict[str, Any]:
     """Train `exp` (in a new run folder, or continuing `resume`); returns the summary also written to
     result.json. `launch` is when the user's command started (for time-to-first-step); `prepared` is
-    `preflight(exp)` if the caller already ran it; `factory` / `datasets` come from the Python API."""
+    `preflight(exp)` if the caller already ran it; `factory` / `datasets` come from the Python API; `ray` is
+    the Ray session the caller holds ("embedded", "cluster", "existing") or "none" (`without_ray`)."""
     launch = launch or time.time()
+    on_ray = ray != "none"
+    # With no Ray nothing hides torch's compiler imports (the first optimizer pulls them in): they go on a
+    # thread while this one reads the data.
+    warming = runtime.in_background(warm_up) if not on_ray else None
     marks = {"ray_ready": time.time()}
     run_dir = _resume_dir(resume) if resume is not None else None
     user: Optional[Ingest] = None
@@ -113,8 +137,8 @@ def run(exp: Experiment, resume: Optional[str] = None, launch: Optional[float] =
     else:
         prep = prepared or preflight(exp, factory)
     marks["data_ready"] = time.time()  # with `prepared`: only what ray.init did not hide
-    local = in_process(exp)
-    check_resources(exp, local, prep.info)
+    local = in_process(exp) if on_ray else True
+    check_resources(exp, local, prep.info, on_ray)
     if run_dir is None:
         run_dir = storage.new_run_dir(storage.resolve(exp.output), exp.name)
         if user is not None and info.ingest == "materialize":
@@ -125,14 +149,16 @@ def run(exp: Experiment, resume: Optional[str] = None, launch: Optional[float] =
              f"{info.num_classes} classes, {exp.parallel.workers} worker(s), {'in-process' if local else 'worker group'}, "
              f"{info.ingest})")
     logged = len(read_rows(run_dir)) if resume is not None else 0  # a resumed run's start-up: its first new row
-    ingest = user or build(exp, info, prep.source)
+    ingest = user or (build(exp, info, prep.source) if on_ray else in_memory(info))
     marks["datasets_ready"] = time.time()
+    if warming is not None:
+        warming.result()  # a wait here shows in model_setup
     plan = RunPlan(exp.model_dump_json(), info.to_json(), steps_per_epoch(exp, info), ingest.shards,
                    run_dir=run_dir.uri, checkpoints=(run_dir / ckpt.RUN_STORAGE).uri, launch_time=launch,
                    compile_cache=str(storage.local_cache_root(exp.output) / "inductor"),
                    mode="in-process" if local else "worker-group")
     if local:
-        metrics, checkpoint, error = _train_here(exp, plan, ingest, run_dir, factory, marks)
+        metrics, checkpoint, error = _train_here(exp, plan, ingest, run_dir, factory, marks, on_ray)
     else:
         from raytrain.worker_group import fit
 
@@ -145,8 +171,8 @@ def run(exp: Experiment, resume: Optional[str] = None, launch: Optional[float] =
         "run_dir": run_dir.uri, "status": "failed" if error else metrics.get("stop_reason", "completed"),
         "error": error, "wall_s": time.time() - launch, "final": metrics, "mode": plan.mode, "ingest": info.ingest,
         "checkpoint": checkpoint or _last_checkpoint(run_dir), "metrics_log": (run_dir / ckpt.METRICS).uri,
-        "config": exp.model_dump(mode="json"), "first_step_s": first.get("first_step_s"),
-        "startup": startup_breakdown(launch, marks, first, plan.mode),
+        "config": exp.model_dump(mode="json"), "first_step_s": first.get("first_step_s"), "ray": ray,
+        "startup": startup_breakdown(launch, marks, first, plan.mode, on_ray),
         "startup_side_by_side": {k: round(t - launch, 2) for k, t in (("ray_init", prep.ray_up_at),
                                  ("imports_and_checks", prep.checked_at)) if t},
         "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this process alone
@@ -178,13 +204,22 @@ def _resume_dir(resume) -> storage.Location:
     return run_dir
 
 
-def _train_here(exp, plan, ingest, run_dir, factory, marks) -> tuple[dict, Optional[str], Optional[str]]:
+def in_memory(info: data_mod.DataInfo) -> Ingest:
+    """A run with no Ray: the cache's train and val files read into arrays here (pyarrow, no Ray Data)."""
+    from raytrain.data.memory import read_cache
+
+    splits = {"train": read_cache(info.train_path, info.in_shape), "val": read_cache(info.val_path, info.in_shape)}
+    return Ingest(splits, {name: [name] for name in splits})
+
+
+def _train_here(exp, plan, ingest, run_dir, factory, marks, on_ray=True) -> tuple[dict, Optional[str], Optional[str]]:
     """The one worker in this process; a Python error restarts it from the latest checkpoint, up to
-    parallel.max_failures times (a SIGKILL ends the process: `--resume` continues the run)."""
+    parallel.max_failures times (a SIGKILL ends the process: `--resume` continues the run). On Ray its
+    resources are held in a placement group while it trains; with no Ray there is nobody to hold them from."""
     device = torch.device("cuda", torch.cuda.current_device()) if exp.parallel.use_gpu else torch.device("cpu")
     host = LocalHost(ingest.datasets, device, run_dir, exp.checkpoint.keep)
     failures = 0
-    with runtime.reserve(exp.parallel.bundle()):
+    with runtime.reserve(exp.parallel.bundle()) if on_ray else contextlib.nullcontext():
         marks["worker_entered"] = time.time()
         while True:
             try:
@@ -201,8 +236,9 @@ def _train_here(exp, plan, ingest, run_dir, factory, marks) -> tuple[dict, Optio
                             "latest checkpoint")
 
 
-def startup_breakdown(launch: float, marks: dict, first_row: dict, mode: str) -> dict:
-    """Seconds spent in each start-up phase, from the command's start to the first finished step."""
+def startup_breakdown(launch: float, marks: dict, first_row: dict, mode: str, on_ray: bool = True) -> dict:
+    """Seconds spent in each start-up phase, from the command's start to the first finished step. With no
+    Ray the phases are imports, data, reading it into memory, and the model."""
     at = {"launch": 0.0, **{k: v - launch for k, v in marks.items()}}
     for key in ("worker_entered", "model_ready"):
         if f"startup_{key}_s" in first_row:
@@ -210,9 +246,11 @@ def startup_breakdown(launch: float, marks: dict, first_row: dict, mode: str) ->
     if "first_step_s" in first_row:
         at["first_step"] = first_row["first_step_s"]
     start = "train_controller_and_worker_group" if mode == "worker-group" else "reserve_resources"
-    phases = [("imports_and_ray_init", "launch", "ray_ready"), ("data_prepare", "ray_ready", "data_ready"),
-              ("datasets_materialize", "data_ready", "datasets_ready"), (start, "datasets_ready", "worker_entered"),
-              ("model_setup", "worker_entered", "model_ready"), ("first_batch_and_step", "model_ready", "first_step")]
+    phases = [("imports_and_ray_init" if on_ray else "imports", "launch", "ray_ready"),
+              ("data_prepare", "ray_ready", "data_ready"),
+              ("datasets_materialize" if on_ray else "data_into_memory", "data_ready", "datasets_ready"),
+              *([(start, "datasets_ready", "worker_entered")] if on_ray else []),
+              ("model_setup", "worker_entered" if on_ray else "datasets_ready", "model_ready"), ("first_batch_and_step", "model_ready", "first_step")]
     return {name: round(at[b] - at[a], 2) for name, a, b in phases if a in at and b in at}
 
 

@@ -5,6 +5,8 @@ Two ingest paths (`data.ingest`, decided here by `ingest_mode`):
     Ray tensor column `x` and an int64 `y`), handed to Ray Data as ready Arrow blocks (raytrain.ingest);
   * stream: Ray Data reads and decodes the Parquet (local or a URI) while training; the driver reads only
     footers and a few rows (`parquet.inspect`), never the table.
+Encoded images (Parquet image columns, ImageFolder trees: `images`, `folders`) are decoded to uint8 either
+way; their class names, and string labels' (`labels`), travel in DataInfo.classes.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Optional
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -38,6 +42,7 @@ class DataInfo:
     std: float = 1.0
     ingest: str = "materialize"
     train_bytes: int = 0  # the training set as stored (the device cache's budget check)
+    classes: Optional[list] = None  # class names in id order (ImageFolder folders, string labels), else None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -53,11 +58,12 @@ def ingest_mode(cfg: DataConfig) -> str:
     """materialize or stream: as set, or (auto) by the dataset's uncompressed size against the budget."""
     if cfg.ingest != "auto":
         return cfg.ingest
-    if cfg.dataset != "parquet":
+    if cfg.dataset not in ("parquet", "images"):
         return "materialize"  # the built-in sets are small
-    from raytrain.data import parquet
+    from raytrain.data import folders, parquet
 
-    return "stream" if parquet.size_bytes(cfg) > cfg.materialize_max_mb * 1024**2 else "materialize"
+    size = parquet.size_bytes(cfg) if cfg.dataset == "parquet" else folders.size_bytes(cfg, 0)
+    return "stream" if size > cfg.materialize_max_mb * 1024**2 else "materialize"
 
 
 def prepare(cfg: DataConfig, seed: int, cache_root: Path) -> DataInfo:
@@ -67,30 +73,39 @@ def prepare(cfg: DataConfig, seed: int, cache_root: Path) -> DataInfo:
     meta = out / "info.json"
     if meta.is_file():
         return _rebased(DataInfo.from_json(meta.read_text()), out)
+    classes = None
     if cfg.dataset == "digits":
         x, y, norm = _digits(cfg.upscale)
         (xt, yt), (xv, yv) = _split(x, y, cfg.val_fraction, seed)
+    elif cfg.dataset == "images":
+        from raytrain.data import folders, images
+
+        (xt, yt), (xv, yv), classes = folders.read(cfg, seed)
+        norm = images.stats(xt, seed)
     elif cfg.dataset == "mnist":
         (xt, yt), (xv, yv) = load_mnist(Path(cfg.path) if cfg.path else default_dir())
         norm = (1 / 255.0, MNIST_MEAN, MNIST_STD)
     else:
-        from raytrain.data import parquet
+        from raytrain.data import images, labels, parquet
 
-        x, y = parquet.read_all(cfg)
-        norm = (1.0, 0.0, 1.0)
+        got = parquet.read_all(cfg)
+        classes = got.classes
         if cfg.val_path:
-            xv, yv = parquet.read_all(cfg.model_copy(update={"path": cfg.val_path}))
-            (xt, yt) = (x, y)
+            val = parquet.read_all(cfg.model_copy(update={"path": cfg.val_path}), classes,
+                                   got.x.shape[1:] if got.encoded else None)
+            (xt, yt), (xv, yv) = (got.x, got.y), (val.x, val.y)
         else:
-            (xt, yt), (xv, yv) = _split(x, y, cfg.val_fraction, seed)
-    num_classes = cfg.num_classes or int(max(yt.max(), yv.max())) + 1
+            (xt, yt), (xv, yv) = _split(got.x, got.y, cfg.val_fraction, seed)
+        norm = images.stats(xt, seed) if got.encoded else (1.0, 0.0, 1.0)
+        labels.class_count(cfg, classes, cfg.path)
+    num_classes = len(classes) if classes else cfg.num_classes or int(max(yt.max(), yv.max())) + 1
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     _write(tmp / "train.parquet", xt, yt)
     _write(tmp / "val.parquet", xv, yv)
     info = DataInfo(str(out / "train.parquet"), str(out / "val.parquet"), tuple(int(s) for s in xt.shape[1:]),
-                    num_classes, len(yt), len(yv), *norm, train_bytes=int(xt.nbytes + yt.nbytes))
+                    num_classes, len(yt), len(yv), *norm, train_bytes=int(xt.nbytes + yt.nbytes), classes=classes)
     (tmp / "info.json").write_text(info.to_json())
     try:
         tmp.rename(out)  # atomic publish: a concurrent or killed preparer never leaves a half-written cache
@@ -104,10 +119,12 @@ def stream_source(cfg: DataConfig, seed: int, cache_root: Path):
     from raytrain import storage
     from raytrain.data import parquet
 
-    if cfg.dataset == "parquet":
-        src = parquet.inspect(cfg, seed)
+    if cfg.dataset in ("parquet", "images"):
+        from raytrain.data import folders
+
+        src = parquet.inspect(cfg, seed) if cfg.dataset == "parquet" else folders.inspect(cfg, seed)
         info = DataInfo(cfg.path, cfg.val_path or cfg.path, src.in_shape, src.num_classes, src.n_train, src.n_val,
-                        ingest="stream", train_bytes=src.nbytes)
+                        *src.norm, ingest="stream", train_bytes=src.nbytes, classes=src.classes)
         return info, src
     info = prepare(cfg, seed, cache_root)
     src = parquet.StreamSource(storage.pafs.LocalFileSystem(), [info.train_path], [info.val_path], None, None,
@@ -147,6 +164,9 @@ def _write(path: Path, x: np.ndarray, y: np.ndarray) -> None:
 
     table = pa.table({"x": ArrowTensorArray.from_numpy(np.ascontiguousarray(x)), "y": pa.array(y.astype(np.int64))})
     pq.write_table(table, path, row_group_size=8192)
+    # The same arrays as .npy beside it: a run with no Ray loads them in one read (raytrain.data.memory).
+    np.save(path.with_suffix(".x.npy"), np.ascontiguousarray(x))
+    np.save(path.with_suffix(".y.npy"), y.astype(np.int64))
 
 
 def _split(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int):

@@ -1,27 +1,29 @@
-"""Worker side: a rank's batches for each epoch, from Ray Data or from a copy kept on the device.
+"""Worker side: a rank's batches for each epoch.
 
-Ray Data (the default): `iter_torch_batches` over the rank's dataset, shuffled in a local buffer seeded
-by (seed, epoch, rank); on a GPU the batches arrive on the device from pinned memory, two prefetched.
+Materialised data (`data.ingest: materialize`) is held whole by every rank (`raytrain.data.memory`): each
+epoch is a fresh seeded permutation of the whole training split, cut into equal per-rank slices, whatever
+order the source was stored in. Where it lives: on the training device (the device cache: no batch crosses
+PCIe; `data.device_cache`, auto on a GPU when the split fits in a quarter of the free device memory, scaled
+by a fractional `gpus_per_worker`), else in host memory.
 
-Device cache (`data.device_cache`): the rank's whole training shard is read once and kept on the
-device as stored (uint8 stays uint8, normalised per batch like every other batch); each epoch a
-seeded permutation cuts the batches there, so no batch crosses PCIe. `auto` uses it on a GPU when the
-shard fits in a quarter of the free device memory, never on a CPU. The two paths see the same
-examples but shuffle differently (a full permutation vs a local buffer), so their metrics agree exactly
-only when an epoch is one batch (the parity test) and statistically otherwise.
+Streamed data (`data.ingest: stream`) is read by Ray Data while training; each rank shuffles its stream in a
+local buffer seeded by (seed, epoch, rank): examples move between batches every epoch but not further than
+the buffer (see `raytrain.data.ingest`). `device_cache: true` keeps a streamed rank's shard after one read
+and permutes it whole from then on.
 """
 
 from __future__ import annotations
 
 from typing import Iterator, Optional
 
-import numpy as np
 import torch
 
 from raytrain.config import Experiment
 from raytrain.data import DataInfo
+from raytrain.data.memory import Arrays, InMemory, load
 
 CACHE_FRACTION = 0.25
+EVAL_BATCH = 256
 
 
 class Batches:
@@ -29,55 +31,51 @@ class Batches:
         self.exp, self.rank, self.world, self.device = exp, rank, world, device
         self.train_it, self.val_it = shards["train"], shards["val"]
         self.batch = exp.per_worker_batch
-        self.cache: Optional[tuple[torch.Tensor, torch.Tensor]] = None
-        if use_device_cache(exp.data.device_cache, info, world, device):
-            self.cache = self._load(self.train_it)
-
-    @property
-    def cached(self) -> bool:
-        return self.cache is not None
-
-    def seed(self, epoch: int) -> int:
-        return self.exp.seed * 1000 + epoch * self.world + self.rank
+        self.memory: Optional[InMemory] = None
+        self.val_memory: Optional[InMemory] = None
+        self.cached = False  # on the training device (not host memory)
+        setting = exp.data.device_cache
+        if info.ingest == "materialize" or setting is True:
+            train = load(self.train_it)
+            self.cached = use_device_cache(setting, _nbytes(train), device, exp.parallel.gpus_per_worker)
+            where = device if self.cached else torch.device("cpu")
+            self.memory = InMemory(train, where)
+            del train
+            if info.ingest == "materialize":
+                self.val_memory = InMemory(load(self.val_it), where)
+        # Materialised: every rank holds the whole split and takes its slice of the epoch's permutation.
+        # Streamed and kept: the rank's own stream shard, permuted whole.
+        self.split = (rank, world) if info.ingest == "materialize" else (0, 1)
 
     def train(self, epoch: int) -> Iterator[dict]:
-        if self.cache is not None:
-            return self._from_cache(epoch)
+        if self.memory is not None:
+            return self.memory.train(self.batch, self.exp.seed, epoch, *self.split)
         bs = self.batch
         return self.train_it.iter_torch_batches(batch_size=bs, local_shuffle_buffer_size=max(bs * 8, 1024),
-                                                local_shuffle_seed=self.seed(epoch), **self._transfer())
+                                                local_shuffle_seed=self.exp.seed * 1000 + epoch * self.world + self.rank,
+                                                **self._transfer())
 
     def val(self) -> Iterator[dict]:
-        return self.val_it.iter_torch_batches(batch_size=max(self.batch, 256), **self._transfer())
+        if self.val_memory is not None:
+            return self.val_memory.in_order(max(self.batch, EVAL_BATCH))
+        return self.val_it.iter_torch_batches(batch_size=max(self.batch, EVAL_BATCH), **self._transfer())
 
     def _transfer(self) -> dict:
         if self.device.type == "cuda":
             return {"device": self.device, "pin_memory": True, "prefetch_batches": 2}
         return {"device": "cpu"}
 
-    def _load(self, it) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, ys = [], []
-        for b in it.iter_batches(batch_size=8192, batch_format="numpy"):
-            xs.append(np.asarray(b["x"]))
-            ys.append(np.asarray(b["y"]))
-        x = torch.from_numpy(np.concatenate(xs)).to(self.device)
-        return x, torch.from_numpy(np.concatenate(ys)).to(self.device)
 
-    def _from_cache(self, epoch: int) -> Iterator[dict]:
-        x, y = self.cache
-        gen = torch.Generator(device=self.device).manual_seed(self.seed(epoch))
-        order = torch.randperm(len(y), generator=gen, device=self.device)
-        for i in range(0, len(y), self.batch):
-            idx = order[i:i + self.batch]
-            yield {"x": x[idx], "y": y[idx]}
+def _nbytes(a: Arrays) -> int:
+    return int(a.x.nbytes + a.y.nbytes)
 
 
-def use_device_cache(setting, info: DataInfo, world: int, device: torch.device) -> bool:
-    if setting is False or info.ingest == "stream" and setting == "auto":
-        return False
+def use_device_cache(setting, nbytes: int, device: torch.device, gpus_per_worker: float = 1.0) -> bool:
+    """Whether a split of `nbytes` is kept on the training device: as set, or (auto) on a GPU when it fits in
+    CACHE_FRACTION of the free memory this worker's share of the GPU has."""
+    if setting is False or device.type != "cuda":
+        return setting is True and device.type == "cuda"
     if setting is True:
         return True
-    if device.type != "cuda":
-        return False
     free, _ = torch.cuda.mem_get_info(device)
-    return info.train_bytes / max(world, 1) <= CACHE_FRACTION * free
+    return nbytes <= CACHE_FRACTION * free * min(1.0, gpus_per_worker or 1.0)

@@ -1,9 +1,11 @@
 """Driver side: the Ray Datasets a run's workers read, and the name each rank reads them by.
 
 materialize: the cached Arrow tables go to Ray Data as ready blocks (`from_blocks`: metadata computed
-here, so not even a metadata task), cut on the driver into one equal part per data-parallel rank
-(`train_<rank>`): no read task, no split coordinator, and nothing of Ray Data needs a CPU while workers
-(or Tune trials training in their own process) hold every one of them.
+here, so not even a metadata task): the whole training split for every rank (each holds it and takes its
+slice of each epoch's permutation, `raytrain.data.memory`), validation cut on the driver into one equal part
+per data-parallel rank (`val_<rank>`): no read task, no split coordinator, and nothing of Ray Data needs a
+CPU while workers (or Tune trials training in their own process) hold every one of them. A one-worker run
+with no Ray (`raytrain.trainer`) reads the same cache files with pyarrow instead.
 
 stream: `read_parquet` + a decoding `map_batches`, with the CPUs reserved for them (`data.stream_cpus`)
 checked against the cluster before anything starts; Ray Train splits the stream across ranks with
@@ -18,6 +20,7 @@ RAY_DATA_USE_DATASOURCE_V2 says (see `_stream_context`).
 
 from __future__ import annotations
 
+import logging
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +34,7 @@ from raytrain.data.parquet import StreamSource, decode
 
 
 STREAM_BLOCK_BYTES = 8 << 20
+log = logging.getLogger("raytrain")
 
 
 @dataclass
@@ -55,6 +59,8 @@ def build(exp: Experiment, info: DataInfo, src: Optional[StreamSource] = None) -
     ctx.enable_progress_bars = ctx.enable_operator_progress_bars = False  # per-epoch lines are the progress
     world, pipeline = exp.parallel.workers, exp.parallel.pipeline.stages > 1
     if info.ingest == "stream":
+        if src.columns is not None:
+            warn_if_sorted(src, exp)
         with _stream_context(ctx):
             datasets = {"train": _read(src.train, src, exp, shuffle=True), "val": _read(src.val, src, exp)}
         return Ingest(datasets, {s: [s] * world for s in datasets}, [] if pipeline else ["train", "val"])
@@ -62,9 +68,34 @@ def build(exp: Experiment, info: DataInfo, src: Optional[StreamSource] = None) -
     if pipeline:  # every worker sees the whole set; each group's first stage picks its batches
         return Ingest({name: ray.data.from_blocks(_blocks(t)) for name, t in tables.items()},
                       {name: [name] * world for name in tables})
-    datasets = {shard_name(name, rank): ray.data.from_blocks(_blocks(part))
-                for name, table in tables.items() for rank, part in enumerate(_equal_parts(table, world))}
-    return Ingest(datasets, {name: [shard_name(name, r) for r in range(world)] for name in tables})
+    # Every rank reads the whole training split (each epoch it takes its slice of a fresh permutation of all of
+    # it: raytrain.data.memory); validation is cut into one equal part per rank.
+    datasets = {"train": ray.data.from_blocks(_blocks(tables["train"])),
+                **{shard_name("val", rank): ray.data.from_blocks(_blocks(part))
+                   for rank, part in enumerate(_equal_parts(tables["val"], world))}}
+    return Ingest(datasets, {"train": ["train"] * world, "val": [shard_name("val", r) for r in range(world)]})
+
+
+def warn_if_sorted(src: StreamSource, exp: Experiment) -> None:
+    """A stream shuffles within a buffer only: data stored sorted by label (read from the row groups' label
+    statistics, no data) would train class by class. Said loudly, with what to do."""
+    from raytrain.data.parquet import footers
+
+    label, one_class, groups, ordered = src.columns[1], 0, 0, False
+    for meta in footers(src.fs, src.train):
+        col = meta.schema.to_arrow_schema().get_field_index(label)
+        ranges = []
+        for i in range(meta.num_row_groups):
+            stats = meta.row_group(i).column(col).statistics
+            if meta.row_group(i).num_rows and stats is not None and stats.has_min_max:
+                ranges.append((stats.min, stats.max))
+        groups += len(ranges)
+        one_class += sum(lo == hi for lo, hi in ranges)
+        ordered |= len(ranges) > 1 and ranges[0] != ranges[-1] and all(a[1] <= b[0] for a, b in zip(ranges, ranges[1:]))
+    if ordered or (groups and one_class * 2 >= groups):
+        log.warning(f"data.path {exp.data.path}: stored sorted by {label!r} (row-group statistics); streaming shuffles "
+                    f"only within a buffer, so batches would hold one class at a time. Shuffle the files once, or use "
+                    f"data.ingest: materialize (a full shuffle every epoch)")
 
 
 @contextmanager
@@ -98,13 +129,17 @@ def _read(paths: list[str], src: StreamSource, exp: Experiment, shuffle: bool = 
     cpus, concurrency = task_cpus(exp.data.stream_cpus)
     columns = list(src.columns) if src.columns else None
     order = ray.data.FileShuffleConfig(seed=exp.seed, reseed_after_execution=False) if shuffle else None
+    if src.kind == "folder":  # an ImageFolder tree: image files read and decoded by Ray Data tasks
+        from raytrain.data import folders
+
+        return folders.read_stream(paths, src, cpus, concurrency, order)
     ds = ray.data.read_parquet(paths, filesystem=src.fs, columns=columns, num_cpus=cpus, concurrency=concurrency,
-                               file_extensions=None, shuffle=order)
+                               file_extensions=None, shuffle=order, include_paths=src.paths)
     if src.columns is None:  # the cache's x/y columns are already decoded
         return ds
     features, label = src.columns
     return ds.map_batches(decode, batch_format="pyarrow", num_cpus=cpus, concurrency=concurrency,
-                          fn_kwargs={"features": features, "label": label, "shape": src.shape})
+                          fn_kwargs={"features": features, "label": label, "shape": src.shape, **src.decode_kw})
 
 
 def from_user(datasets: dict, exp: Experiment, seed: int):
@@ -144,8 +179,9 @@ def from_user(datasets: dict, exp: Experiment, seed: int):
     if stream or exp.parallel.pipeline.stages > 1:
         return info, Ingest(decoded, {s: [s] * world for s in decoded}, ["train", "val"] if stream and
                             exp.parallel.pipeline.stages == 1 else []), decoded
-    parts = {shard_name(k, r): part for k, ds in decoded.items() for r, part in enumerate(ds.split(world, equal=True))}
-    return info, Ingest(parts, {k: [shard_name(k, r) for r in range(world)] for k in decoded}), decoded
+    parts = {"train": decoded["train"], **{shard_name("val", r): part
+                                           for r, part in enumerate(decoded["val"].split(world, equal=True))}}
+    return info, Ingest(parts, {"train": ["train"] * world, "val": [shard_name("val", r) for r in range(world)]}), decoded
 
 
 def _max_label(ds, lazy: bool) -> int:

@@ -71,13 +71,13 @@ class DataParallel:
             if rebuilt is not None:
                 self.model = rebuilt
 
-    def train_epoch(self, epoch: int, probe=None, limit: Optional[int] = None) -> dict:
+    def train_epoch(self, epoch: int, on_step=None, limit: Optional[int] = None) -> dict:
         s = self.state
         batches = self.data.train(epoch)
         if limit is not None:  # `epochs.warm_up`: the first steps only
             batches = itertools.islice(batches, limit)
         return train_epoch(self.model, batches, s.optimizer, s.stepper, s.scaler, self.env,
-                           self.exp.train.max_grad_norm, probe)
+                           self.exp.train.max_grad_norm, on_step)
 
     def evaluate(self) -> dict:
         return evaluate(self.model, self.data.val(), self.env)

@@ -1,7 +1,7 @@
 """Pipeline (and DP x PP) training of one rank; the schedule itself is `raytrain.parallel.pipeline`.
 
 Data: every worker gets the whole (unsplit) dataset; only each pipeline group's first stage reads it,
-with the same shuffle seed in every group, and group d takes batches d, d+dp, d+2dp, ... - so each
+in the same order in every group (materialised: a fresh permutation of the whole split each epoch), and group d takes batches d, d+dp, d+2dp, ... - so each
 example is seen once per epoch across groups, and every group runs the same number of steps (their
 gradient all-reduces must pair up). The first stage broadcasts the labels to its group. Batches are
 filtered on the host and only this group's are moved to the device.
@@ -17,6 +17,7 @@ import torch
 
 from raytrain import collectives
 from raytrain.checkpoint import stage_file
+from raytrain.data.memory import InMemory, load
 from raytrain.loop import SchedulerStepper, StepEnv, timed
 from raytrain.models import model_from
 from raytrain.optim import build_optimizer
@@ -57,6 +58,7 @@ class Pipelined:
         if payload is not None:
             self.state.load_state_dict(payload)
         self.shards = {s: host.shard(plan.shard(s, host.rank)) for s in ("train", "val")}
+        self.memory: dict[str, InMemory] = {}
 
     @property
     def writes_checkpoint(self) -> bool:
@@ -66,23 +68,34 @@ class Pipelined:
     def before_epoch(self, epoch: int) -> None:
         pass
 
-    def _batches(self, split: str, **kw):
-        mesh = self.pipe.mesh
+    def _batches(self, split: str, epoch: int = 0):
+        """Group d's batches: d, d+dp, ... of one order shared by all groups (the same seed everywhere)."""
+        mesh, bs, seed = self.pipe.mesh, self.exp.per_worker_batch, self.exp.seed
         if mesh.pp_rank != 0:
             return None
-        it = self.shards[split].iter_torch_batches(device="cpu", **kw)  # filtered here, moved by StepEnv
+        train = split == "train"
+        if self.info.ingest == "materialize":  # the whole split, permuted afresh each epoch (data.memory)
+            if split not in self.memory:
+                self.memory[split] = InMemory(load(self.shards[split]), torch.device("cpu"))
+            mem = self.memory[split]
+            it = mem.train(bs, seed, epoch, drop_last=True) if train else mem.in_order(bs)
+        else:
+            kw = {"drop_last": True, "local_shuffle_buffer_size": max(bs * 8, 1024),
+                  "local_shuffle_seed": seed * 1000 + epoch} if train else {}
+            it = self.shards[split].iter_torch_batches(device="cpu", batch_size=bs, **kw)  # moved by StepEnv
         return (b for i, b in enumerate(it) if i % mesh.dp == mesh.dp_rank)
 
-    def train_epoch(self, epoch: int) -> dict:
+    def train_epoch(self, epoch: int, on_step=None) -> dict:
+        """`on_step(step, clock)` as in `loop.train_epoch` (progress only: rungs on seconds are one-worker)."""
         s, env, bs, steps = self.state, self.env, self.exp.per_worker_batch, self.plan.steps_per_epoch
-        batches = self._batches("train", batch_size=bs, drop_last=True, local_shuffle_buffer_size=max(bs * 8, 1024),
-                                local_shuffle_seed=self.exp.seed * 1000 + epoch)  # one shared order for all groups
+        started = time.perf_counter()
+        batches = self._batches("train", epoch)
         wait = [0.0]
         it = iter(timed(batches, wait)) if batches is not None else None
         self.pipe.train(True)
         loss_sum = correct = count = 0.0
         first_step_at = None
-        for _ in range(steps):
+        for step in range(steps):
             x = y = None
             if it is not None:
                 x, y = env.inputs(next(it))
@@ -97,6 +110,8 @@ class Pipelined:
             loss_sum, correct = loss_sum + ls, correct + c
             count += n if self.pipe.holds_last else 0
             first_step_at = first_step_at or time.time()
+            if on_step is not None:
+                on_step(step + 1, lambda sync=False: time.perf_counter() - started)
         env.synchronize()
         return {"loss_sum": loss_sum, "correct": correct, "count": count, "steps": steps, "skipped_steps": 0,
                 "wait_seconds": wait[0], "first_step_at": first_step_at or time.time()}
@@ -104,7 +119,7 @@ class Pipelined:
     def evaluate(self) -> dict:
         """Forward-only over the validation set; the last batch is padded to full size and masked."""
         env, bs = self.env, self.exp.per_worker_batch
-        batches = self._batches("val", batch_size=bs)
+        batches = self._batches("val")
         self.pipe.train(False)
         loss_sum = correct = count = 0.0
         while True:

@@ -1,0 +1,120 @@
+"""Materialised data held whole in a worker's memory (or on its device), and the epoch order cut from it.
+
+Why whole: a buffer shuffle only moves examples a few batches apart, so data stored sorted (by label, by
+class folder) trains on one class at a time and converges somewhere else, silently. Every epoch here is a
+fresh seeded permutation of the *whole* training split, like torch's DistributedSampler: rank r of w takes
+the r-th equal slice of that permutation, so the partition across ranks also changes every epoch. The order
+depends only on (seed, epoch), so a resumed run sees the same order as an uninterrupted one.
+
+Nothing here knows Ray: arrays come from the cache's Parquet files (read with pyarrow, the path that starts
+no Ray) or from a Ray Data shard the host hands over (`load`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Arrays:
+    """One split as arrays: features as stored (uint8 stays uint8) and int64 labels."""
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def read_cache(path: str, in_shape: tuple) -> Arrays:
+    """A cache split: its .npy copies where the cache has them (one read each), else the Parquet file."""
+    base = Path(path)
+    xs, ys = base.with_suffix(".x.npy"), base.with_suffix(".y.npy")
+    if xs.is_file() and ys.is_file():
+        return Arrays(np.load(xs), np.load(ys))
+    arrays = read_parquet(path, in_shape)
+    for dest, arr in ((xs, arrays.x), (ys, arrays.y)):  # a cache written before the copies: add them once
+        tmp = dest.with_name(f"{dest.name}.tmp{os.getpid()}.npy")
+        try:
+            np.save(tmp, arr)
+            os.replace(tmp, dest)
+        except OSError:  # a read-only cache is still a cache
+            tmp.unlink(missing_ok=True)
+    return arrays
+
+
+def read_parquet(path: str, in_shape: tuple) -> Arrays:
+    """A cache file (x: Ray's tensor column, y: int64) read with pyarrow alone. Without Ray's extension type
+    registered the column reads as its storage (a list per row), which is flattened and given its shape."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    col = table.column("x").combine_chunks()
+    storage = getattr(col, "storage", col)  # an ExtensionArray when Ray's types are registered
+    flat = storage.flatten().to_numpy(zero_copy_only=False)
+    x = flat.reshape(len(storage), *in_shape)
+    return Arrays(x, table.column("y").to_numpy().astype(np.int64))
+
+
+def load(source) -> Arrays:
+    """A split from what a host hands over: `Arrays` as they are, or a Ray Data shard read once in full."""
+    if isinstance(source, Arrays):
+        return source
+    xs, ys = [], []
+    for b in source.iter_batches(batch_size=8192, batch_format="numpy"):
+        xs.append(np.asarray(b["x"]))
+        ys.append(np.asarray(b["y"]))
+    return Arrays(np.concatenate(xs), np.concatenate(ys).astype(np.int64))
+
+
+def epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
+    """The epoch's permutation of all `n` examples: the same on every rank and every pipeline group."""
+    gen = torch.Generator(device=device).manual_seed(seed * 1000 + epoch)
+    return torch.randperm(n, generator=gen, device=device)
+
+
+class InMemory:
+    """A split as tensors on `device` (the device cache) or in host memory, cut into batches."""
+
+    def __init__(self, arrays: Arrays, device: torch.device):
+        self.device = device
+        # Arrow buffers are read-only: copied once here (torch wants writable memory), then moved.
+        self.x = torch.from_numpy(np.require(arrays.x, requirements=["C", "W"])).to(device)
+        self.y = torch.from_numpy(np.require(arrays.y, requirements=["C", "W"])).to(device)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def train(self, batch: int, seed: int, epoch: int, rank: int = 0, world: int = 1,
+              drop_last: bool = False) -> Iterator[dict]:
+        """Rank `rank`'s batches of the epoch: its equal slice (`n // world`, the remainder left out this
+        epoch, as DistributedSampler(drop_last=True) does) of the epoch's permutation."""
+        order = epoch_order(len(self), seed, epoch, self.y.device)
+        per = len(self) // world
+        mine = order[rank * per:(rank + 1) * per]
+        end = per - per % batch if drop_last else per
+        for i in range(0, end, batch):
+            idx = mine[i:i + batch]
+            yield {"x": self.x[idx], "y": self.y[idx]}
+
+    def in_order(self, batch: int) -> Iterator[dict]:
+        """Every example once, in stored order (evaluation)."""
+        for i in range(0, len(self), batch):
+            yield {"x": self.x[i:i + batch], "y": self.y[i:i + batch]}
+
+
+def sorted_runs(labels: np.ndarray) -> bool:
+    """Whether labels come in long runs of one class (sorted, or class by class): fewer label changes than
+    a tenth of what a shuffled order of the same labels would show."""
+    if len(labels) < 100:
+        return False
+    changes = int(np.count_nonzero(labels[1:] != labels[:-1]))
+    _, counts = np.unique(labels, return_counts=True)
+    p = counts / counts.sum()
+    expected = (len(labels) - 1) * (1.0 - float((p * p).sum()))
+    return expected > 0 and changes < 0.1 * expected

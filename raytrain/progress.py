@@ -1,0 +1,72 @@
+"""Progress inside an epoch, so a long epoch is never silence: a live bar (steps, samples/s, ETA) when the
+output is a terminal, else a plain line every `RAYTRAIN_PROGRESS_S` seconds (10 by default: CI logs,
+`ray job submit`, a Ray worker's output). Short epochs print nothing extra; nothing is printed per step.
+
+It runs after every step (`loop.train_epoch`'s `on_step`), so it only reads a clock and compares.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Callable, Optional, TextIO
+
+log = logging.getLogger("raytrain")
+
+BAR_AFTER_S = 2.0  # a terminal bar appears once an epoch has run this long
+BAR_EVERY_S = 0.5
+BAR_WIDTH = 24
+
+
+def interval_s() -> float:
+    try:
+        return max(0.1, float(os.environ.get("RAYTRAIN_PROGRESS_S", "10")))
+    except ValueError:
+        return 10.0
+
+
+class EpochProgress:
+    """One per run (rank 0); `at(epoch)` gives that epoch's step hook, `end()` clears a bar."""
+
+    def __init__(self, steps_per_epoch: int, epochs: int, samples_per_step: int,
+                 stream: Optional[TextIO] = None, tty: Optional[bool] = None):
+        self.steps, self.epochs, self.samples = steps_per_epoch, epochs, samples_per_step
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.every = BAR_EVERY_S if self.tty else interval_s()
+        self.first = BAR_AFTER_S if self.tty else self.every
+        self.shown = False
+
+    def at(self, epoch: int) -> Callable[[int, Callable], float]:
+        next_at = [self.first]
+
+        def hook(step: int, clock: Callable) -> float:
+            now = clock()
+            if now >= next_at[0] and step < self.steps:
+                next_at[0] = now + self.every
+                self._show(epoch, step, now)
+            return 0.0
+        return hook
+
+    def _show(self, epoch: int, step: int, seconds: float) -> None:
+        rate = step * self.samples / max(seconds, 1e-9)
+        eta = (self.steps - step) * seconds / max(step, 1)
+        head = f"epoch {epoch + 1}/{self.epochs}"
+        if self.tty:
+            done = int(BAR_WIDTH * step / max(self.steps, 1))
+            bar = "#" * done + "." * (BAR_WIDTH - done)
+            self.stream.write(f"\r[raytrain] {head}  [{bar}] {step}/{self.steps}  {rate:,.0f} samples/s  "
+                              f"ETA {eta:.0f} s\033[K")
+            self.stream.flush()
+            self.shown = True
+        else:
+            log.info(f"{head}  step {step}/{self.steps} ({100 * step / max(self.steps, 1):.0f}%)  "
+                     f"{rate:,.0f} samples/s  {seconds:.0f} s in, ETA {eta:.0f} s")
+
+    def end(self) -> None:
+        """Before the epoch's own line: the bar's line is cleared for it."""
+        if self.shown:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self.shown = False
