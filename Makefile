@@ -17,10 +17,10 @@ demo: $(STAMP)
 	$(VENV)/bin/raytrain train experiments/digits-cnn.yaml
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -rs
 
 test-fast: $(STAMP)  # everything that starts no Ray: the inner loop while editing
-	$(PY) -m pytest -q -m "not ray"
+	$(PY) -m pytest -q -rs -m "not ray"
 
 bench: $(STAMP)
 	$(PY) -m bench

@@ -11,7 +11,7 @@ import time
 from bench.common import RESULTS, ROOT, load
 
 SECTIONS = ["startup", "mnist", "foundation", "search", "headline_asha", "asha_pick", "rungs", "trials", "asha", "ablation", "storage",
-            "streaming", "pipeline", "gpu"]
+            "streaming", "images", "pipeline", "gpu"]
 DEFAULT = "startup,mnist,foundation"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 
 # Environment variables read by Ray Train V2 (ray/train/v2/_internal/constants.py). Set before Ray's
 # processes start, so the controller, workers and Ray Data actors inherit them.
@@ -23,6 +24,14 @@ DATA_ENV = {"RAY_DATA_LOG_LEVEL": "WARNING"}  # one "Starting execution..." per 
 # warns each time; epochs of a few seconds make that every report. The snapshots stay; the warning goes.
 TUNE_ENV = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
 ENV = {**TRAIN_ENV, **DATA_ENV, **TUNE_ENV}
+# --verbose (verbose=True): Ray Data's own INFO lines too, as Ray prints them by default.
+VERBOSE_ENV = {"RAY_DATA_LOG_LEVEL": "INFO"}
+# Quiet (the default), on the driver: Tune's legacy output engine, silent at verbose=0 (the new one prints its
+# experiment box and two paths at any verbosity), and no traceback per failed trial; raytrain.tuner.events says
+# one line per trial event instead (a failed trial's cause included), the ranked table each trial's end.
+QUIET_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0", **DATA_ENV}
+# (logger, message start): Tune's own line listing the trials that failed, which the ranked table says too.
+TUNE_INCOMPLETE = ("ray.tune.tune", "Trials did not complete")
 
 
 def train_constants_module():
@@ -52,6 +61,48 @@ def autoscaler_util():
     return util
 
 
-def set_env_defaults() -> None:
-    for key, value in ENV.items():
+def set_env_defaults(verbose: bool = False) -> None:
+    for key, value in {**ENV, **(VERBOSE_ENV if verbose else {})}.items():
         os.environ.setdefault(key, value)
+
+
+# Ray's own console lines a user cannot act on, at their source (raytrain.console keeps them out unless verbose):
+# "Token authentication is enabled for this Ray cluster..." at every embedded ray.init (the token is Ray's own);
+AUTH_TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
+# "Progress bars disabled..." once per worker: raytrain turns them off (its epoch lines are the progress);
+DATA_PROGRESS_LOGGER = "ray.data._internal.progress"
+# an `E ... core_worker.cc` line on every Ray Train run, about Train's own PreemptionWatcher actor (ray#53727).
+HARMLESS_CORE_ERRORS = ("has constructor arguments in the object store and max_restarts > 0",)
+
+
+def ingest_options():
+    """Ray Train's default ingest options (`DataConfig.default_ingest_options`) without `exclude_resources`,
+    which Train passes itself and Ray Data deprecates: a warning with its source path in every run otherwise."""
+    from ray.data import DataContext, ExecutionOptions
+
+    now = DataContext.get_current().execution_options
+    return ExecutionOptions(resource_limits=now.resource_limits, preserve_order=now.preserve_order,
+                            verbose_progress=now.verbose_progress)
+
+
+@contextmanager
+def forwarded_lines(transform):
+    """While inside, every batch of lines Ray forwards from its processes to this driver's console (a dict
+    with "lines", "pid", "actor_name", ...) goes through `transform(batch) -> batch or None` first."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    had, emit = "emit" in vars(dispatcher), dispatcher.emit
+
+    def filtered(batch):
+        batch = transform(batch)
+        if batch is not None and batch.get("lines"):
+            emit(batch)
+
+    dispatcher.emit = filtered
+    try:
+        yield
+    finally:
+        if had:
+            dispatcher.emit = emit
+        else:
+            del dispatcher.emit

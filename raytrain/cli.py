@@ -15,8 +15,12 @@ from raytrain import _ray_compat
 from raytrain.errors import EXIT_USER_ERROR, UserError
 
 
+VERBOSE_HELP = "also print Ray's, Ray Data's and Tune's own console output (Tune's status tables)"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="raytrain", description="Train models faster on Ray.")
+    p.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = p.add_subparsers(dest="verb", required=True)
 
     def experiment_verb(name: str, help_text: str, metavar: str = "EXPERIMENT") -> argparse.ArgumentParser:
@@ -25,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
                        "search spec YAML (an experiment + a search: block)")
         v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                        help="override one key (repeatable), validated like the file")
+        v.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
         return v
 
     t = experiment_verb("train", "train one experiment (in this process for one worker, else on Ray Train)")
@@ -34,9 +39,24 @@ def _parser() -> argparse.ArgumentParser:
     sr = experiment_verb("search", "Ray Tune search (ASHA) over a spec", metavar="SPEC")
     sr.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted search (path or URI)")
     sr.add_argument("--summary-json", metavar="FILE", help="also write the search's summary (search.json) to FILE")
-    ex = sub.add_parser("export", help="write a run's newest checkpoint as one full-model state_dict")
+    ex = sub.add_parser("export", help="write a run's newest checkpoint as a state_dict and a torch.export program")
     ex.add_argument("run_dir", metavar="RUN_DIR", help="run folder (path or URI)")
-    ex.add_argument("--out", help="output file or URI (default RUN_DIR/model.pt; never overwritten)")
+    ex.add_argument("out", nargs="?", metavar="OUT", help="state_dict file or URI (default RUN_DIR/model.pt; the "
+                    "program goes beside it as .pt2; never overwritten)")
+    ex.add_argument("--out", dest="out_opt", metavar="OUT", help="the same as OUT")
+    ev = sub.add_parser("evaluate", help="accuracy of a run's model on its validation split or other data (no Ray)")
+    ev.add_argument("run_dir", metavar="RUN_DIR", help="run folder (path or URI)")
+    ev.add_argument("--data", metavar="PATH", help="every row of this Parquet file/folder/URI or image folder "
+                    "(<class>/<image>) instead of the run's validation split")
+    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
+                    help="change the run's data block (repeatable), e.g. data.features=pixels")
+    pr = sub.add_parser("predict", help="write a run's predictions for a Parquet or a folder of images (no Ray)")
+    pr.add_argument("run_dir", metavar="RUN_DIR", help="run folder (path or URI)")
+    pr.add_argument("inputs", metavar="INPUT", help="Parquet file/folder/URI with the run's feature column, or a "
+                    "folder of images")
+    pr.add_argument("--out", required=True, metavar="FILE", help=".parquet or .csv (never overwritten)")
+    pr.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
+                    help="change the run's data block (repeatable), e.g. data.features=pixels")
     cl = sub.add_parser("clusters", help="check cluster YAMLs, or see where a run's workers would land")
     cv = cl.add_subparsers(dest="clusters_verb", required=True)
     ck = cv.add_parser("check", help="Ray's launcher validator / KubeRay fields and CRDs, plus security lints")
@@ -58,12 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     # (the console script's sys.path lacks it); workers get it through PYTHONPATH (raytrain.runtime).
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
-    _ray_compat.set_env_defaults()  # before ray.data is imported: its logging reads the env at import
     parser = _parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse already printed its one-line usage error
         return EXIT_USER_ERROR if e.code else 0
+    _ray_compat.set_env_defaults(args.verbose)  # before ray.data is imported: its logging reads the env at import
     try:
         return _dispatch(args, launch)
     except UserError as e:
@@ -83,7 +103,7 @@ def _dispatch(args, launch: float) -> int:
         print(f"report: {write_report(args.run_dir)}")
         return 0
     if args.verb == "search":
-        result = api.search(args.experiment, overrides=args.overrides, resume=args.resume)
+        result = api.search(args.experiment, overrides=args.overrides, resume=args.resume, verbose=args.verbose)
         _print_search(result)
         _dump(args.summary_json, result.summary)
         return 0
@@ -92,8 +112,23 @@ def _dispatch(args, launch: float) -> int:
     if args.verb == "export":
         from raytrain.modelfile import export
 
-        out, source, n = export(args.run_dir, args.out)
+        if args.out and args.out_opt and args.out != args.out_opt:
+            raise UserError(f"export: OUT {args.out} and --out {args.out_opt} differ; give one")
+        out, program, source, n = export(args.run_dir, args.out or args.out_opt)
         print(f"export: {out} ({n:,} parameters, from {source})")
+        if program:
+            print(f"program: {program} (torch.export.load(path).module()(x): logits for features as stored)")
+        return 0
+    if args.verb == "evaluate":
+        ev = api.evaluate(args.run_dir, args.data, args.overrides)
+        print(f"evaluate: accuracy {ev.accuracy:.4f}, loss {ev.loss:.4f} on {ev.count} examples of {ev.data} "
+              f"(checkpoint {ev.checkpoint})")
+        return 0
+    if args.verb == "predict":
+        from raytrain.inference import predict
+
+        out, n = predict(args.run_dir, args.inputs, args.out, args.overrides)
+        print(f"predict: {n} rows -> {out}")
         return 0
     exp = api.load_experiment(args.experiment, args.overrides)
     if args.verb == "validate":
@@ -101,8 +136,9 @@ def _dispatch(args, launch: float) -> int:
         print(f"{args.experiment}: ok ({exp.name}: {exp.model.name} on {exp.data.dataset}, {info.n_train} train "
               f"examples, shape {info.in_shape}, {info.num_classes} classes, ingest {info.ingest})")
         return 0
-    result = api.train(exp, resume=args.resume, launch=launch)
+    result = api.train(exp, resume=args.resume, launch=launch, verbose=args.verbose)
     _print_summary(result.summary)
+    print(next_commands(result.summary, args.experiment))
     _dump(args.summary_json, result.summary)
     return 0 if result.status != "failed" else 1
 
@@ -142,14 +178,36 @@ def _print_search(result) -> None:
     from raytrain.tuner import driver
 
     s = result.summary
+    run = _short(s["run_dir"])
     print("\n== raytrain search ==")
     print(driver.table(s))
     print(f"\n{len(s['trials'])} trials, {s['trial_epochs']} trial-epochs, {s['wall_s']:.0f} s"
           + (f" (budget: {s['budget_note']})" if s.get("budget_note") else ""))
-    print(f"results     {s['run_dir']}/search.json  (TensorBoard: tensorboard --logdir {s['run_dir']}/tune)")
+    print(f"results     {run}/search.json")
+    print(f"curves      tensorboard --logdir {run}/tune")
+    print(f"report      {_short(result.report)}")
     if result.best_yaml:
-        print(f"best        {result.best_yaml}  (raytrain train {result.best_yaml})")
-    print(f"report      {result.report}")
+        print(f"next: raytrain train {_short(result.best_yaml)}  (the best trial's experiment)")
+
+
+def _short(where: str) -> str:
+    from raytrain.console import shown
+
+    return shown(where)
+
+
+def next_commands(s: dict, experiment: str) -> str:
+    """One line: the commands that make sense after this run (what its checkpoint and status allow)."""
+    run, exp, epochs = _short(s["run_dir"]), experiment, int(s["final"].get("epoch") or 1)
+    if s["status"] == "failed":
+        steps = [f"raytrain validate {exp}"] + ([f"raytrain train {exp} --resume {run}"] if s.get("checkpoint") else [])
+    elif s["status"] == "diverged":
+        steps = [f"raytrain train {exp} --set train.optimizer.lr=<lower>"]
+    else:  # a completed run may go on for more epochs; one stopped early has its answer
+        steps = [f"raytrain export {run}", f"raytrain evaluate {run}"]
+        if s["status"] == "completed":
+            steps.append(f"raytrain train {exp} --resume {run} --set train.epochs={2 * epochs}")
+    return "next: " + "  |  ".join(steps)
 
 
 def _print_summary(s: dict) -> None:

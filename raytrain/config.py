@@ -8,56 +8,25 @@ that need more than one key live in `Experiment._check`. Reading files and `--se
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
-
-
-class DataConfig(Strict):
-    """Which data, where it is, and how workers get it (materialised or streamed)."""
-    dataset: Literal["digits", "mnist", "parquet"] = "digits"
-    """digits: sklearn's bundled 8x8 digits (offline). mnist: the standard IDX files (downloaded when
-    missing). parquet: a user Parquet file or directory at `path`."""
-    path: Optional[str] = None
-    """mnist: the IDX folder (default `$RAYTRAIN_DATA/mnist`, else `~/.cache/raytrain/mnist`). parquet: a
-    file, folder or URI (`s3://`, `gs://`, any pyarrow/fsspec filesystem)."""
-    features: str = "image"
-    """Parquet: feature column (fixed-shape arrays or lists of numbers)."""
-    label: str = "label"
-    """Parquet: integer class-label column."""
-    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
-    """Fraction held out for validation (mnist uses its official test set; streamed Parquet holds out whole
-    files)."""
-    val_path: Optional[str] = None
-    """Parquet: a separate validation set (file, folder or URI) instead of holding out `val_fraction`."""
-    shape: Optional[list[int]] = None
-    """Parquet: reshape flat feature lists to this per-example shape, e.g. [1, 28, 28] (default: as stored)."""
-    num_classes: Optional[int] = Field(None, ge=2)
-    """Parquet: number of classes (default: the label column's largest value + 1, from Parquet statistics)."""
-    upscale: int = Field(1, ge=1, le=8)
-    """digits only: repeat each pixel this many times per side (8x8 -> 32x32 at 4), a heavier benchmark task."""
-    ingest: Literal["auto", "materialize", "stream"] = "auto"
-    """materialize: decode once on the driver, hand workers ready blocks. stream: Ray Data reads and decodes
-    Parquet while training (the driver never holds the table). auto: materialize up to `materialize_max_mb`."""
-    materialize_max_mb: float = Field(2048.0, gt=0.0)
-    """auto: the largest dataset (uncompressed size in its Parquet metadata) that is materialised."""
-    stream_cpus: float = Field(1.0, gt=0.0)
-    """stream: CPUs reserved for Ray Data's read and decode tasks beside the training workers."""
-    device_cache: Union[Literal["auto"], bool] = "auto"
-    """Keep each worker's training shard on its device as stored (uint8 stays uint8) and cut shuffled
-    batches there. auto: on a GPU when the shard fits in a quarter of its free memory; never on a CPU."""
+from raytrain.config_data import DataConfig, Strict  # noqa: F401  (re-exported: the data section)
 
 
 class ModelConfig(Strict):
     name: str = "cnn"
-    """cnn | mlp | resnet | mobilenet | vit, or "package.module:function" returning an nn.Module given
-    (in_shape, num_classes), imported from the launch directory (or PYTHONPATH) on the driver and workers."""
+    """cnn | mlp | resnet | mobilenet | efficientnet | vit; "package.module:function" returning an nn.Module
+    given (in_shape, num_classes), or a constructor taking num_classes= (torchvision style) or num_classes= and
+    in_chans= (timm style), imported from the launch directory (or PYTHONPATH) on the driver and workers;
+    "timm:NAME" (timm.create_model) or "torchvision:NAME" (torchvision.models.NAME; 1-channel data is repeated
+    to the 3 channels they take)."""
     width: float = Field(1.0, gt=0.0, le=8.0)
-    """Channel/hidden-size multiplier (channels rounded to multiples of 8)."""
+    """Channel/hidden-size multiplier of the zoo models (channels rounded to multiples of 8)."""
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Further keyword arguments for the model's builder or constructor, e.g. {depth: 6} for vit or
+    {drop_rate: 0.1} for a timm model (num_classes and in_chans come from the data)."""
     dropout: Optional[float] = Field(None, ge=0.0, lt=1.0)
     """cnn only: one dropout rate for both dropout layers (null: the classic example's 0.25 and 0.5)."""
 
@@ -241,8 +210,8 @@ class Experiment(Strict):
                              "put two ranks of one group on one GPU; use whole GPUs (fractions pack trials or one worker)")
         if par.use_gpu and par.gpus_per_worker > 1 and not float(par.gpus_per_worker).is_integer():
             raise ValueError(f"parallel.gpus_per_worker {par.gpus_per_worker:g}: above 1 it must be a whole number")
-        if self.data.dataset == "parquet" and not self.data.path:
-            raise ValueError("data.path is required for dataset parquet")
+        if self.data.dataset in ("parquet", "images") and not self.data.path:
+            raise ValueError(f"data.path is required for dataset {self.data.dataset}")
         if p.method != "none":
             end = self.pruning_end_epoch
             if end < p.start_epoch:

@@ -1,4 +1,5 @@
-"""Model zoo (pure PyTorch, nothing of Ray). Every builder takes (in_shape, num_classes, width).
+"""Model zoo (pure PyTorch, nothing of Ray). Every builder takes (in_shape, num_classes, width); models raytrain
+did not write ("package.module:function", timm:NAME, torchvision:NAME) resolve in `raytrain.models_external`.
 
 Zoo models are `nn.Sequential`s of top-level blocks on purpose: the pipeline splitter cuts
 between blocks, and the dependency-graph pruner sees plain modules.
@@ -6,9 +7,9 @@ between blocks, and the dependency-graph pruner sees plain modules.
 
 from __future__ import annotations
 
-import importlib
 import inspect
-from typing import Callable
+import logging
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -156,8 +157,60 @@ def vit(in_shape, num_classes: int, width: float = 1.0, depth: int = 4) -> nn.Se
                          TokenHead(dim, num_classes))
 
 
+class SqueezeExcite(nn.Module):
+    """Channel attention: global average, 1x1 reduce, SiLU, 1x1 expand, sigmoid gate on the input."""
+
+    def __init__(self, c: int, squeeze: int):
+        super().__init__()
+        self.reduce, self.expand = nn.Conv2d(c, squeeze, 1), nn.Conv2d(squeeze, c, 1)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.expand(nn.functional.silu(self.reduce(x.mean((2, 3), keepdim=True)))))
+
+
+class MBConv(nn.Module):
+    """EfficientNet's block: 1x1 expand (skipped at ratio 1), kxk depthwise, squeeze-excitation (a quarter of
+    the block's input channels), 1x1 linear projection; SiLU; residual when shapes match."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int, kernel: int):
+        super().__init__()
+        mid = cin * expand
+        layers = [nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.SiLU()] if expand != 1 else []
+        self.use_res = stride == 1 and cin == cout
+        self.block = nn.Sequential(
+            *layers, nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False), nn.BatchNorm2d(mid),
+            nn.SiLU(), SqueezeExcite(mid, _ch(cin / 4, 1.0)), nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout),
+        )
+
+    def forward(self, x):
+        out = self.block(x)
+        return x + out if self.use_res else out
+
+
+# (expand ratio, channels, stride, kernel, repeats): EfficientNet-B0's stage recipe cut to 28x28/32x32 inputs
+# (stride-1 stem, three downsamplings, five stages instead of seven).
+EFFICIENTNET_STAGES = ((1, 16, 1, 3, 1), (4, 24, 2, 3, 2), (4, 40, 2, 5, 2), (4, 80, 2, 3, 2), (4, 112, 1, 5, 1))
+
+
+def efficientnet(in_shape, num_classes: int, width: float = 1.0) -> nn.Sequential:
+    """A small EfficientNet: MBConv blocks with depthwise convolutions and squeeze-excitation, SiLU, BN."""
+    c, _, _ = _image_shape(in_shape, "efficientnet")
+    stem, head = _ch(24, width), _ch(256, width)
+    blocks, cin = [], stem
+    for expand, base, stride, kernel, repeats in EFFICIENTNET_STAGES:
+        cout = _ch(base, width)
+        for i in range(repeats):
+            blocks.append(MBConv(cin, cout, stride if i == 0 else 1, expand, kernel))
+            cin = cout
+    return nn.Sequential(
+        nn.Sequential(nn.Conv2d(c, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.SiLU()), *blocks,
+        nn.Sequential(nn.Conv2d(cin, head, 1, bias=False), nn.BatchNorm2d(head), nn.SiLU(),
+                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(head, num_classes)),
+    )
+
+
 ZOO: dict[str, Callable[..., nn.Module]] = {"cnn": cnn, "mlp": mlp, "resnet": resnet, "mobilenet": mobilenet,
-                                            "vit": vit}
+                                            "vit": vit, "efficientnet": efficientnet}
 
 
 def _image_shape(in_shape, name: str):
@@ -167,53 +220,62 @@ def _image_shape(in_shape, name: str):
     return in_shape
 
 
-def resolve_builder(name: str) -> Callable[..., nn.Module]:
-    """The builder for a zoo name or "package.module:function" (checked here, before anything starts)."""
+def resolve_builder(name: str, kwargs: Optional[dict] = None) -> Callable[..., nn.Module]:
+    """`build(in_shape, num_classes, width)` for a zoo name, "package.module:function", "timm:NAME" or
+    "torchvision:NAME" (raytrain.models_external), checked here, before anything starts."""
+    kwargs = dict(kwargs or {})
     if name in ZOO:
-        return ZOO[name]
-    mod_name, sep, fn_name = name.partition(":")
-    if not sep or not mod_name or not fn_name:
-        raise UserError(f"model.name {name!r}: not one of {', '.join(ZOO)} nor \"package.module:function\"")
-    try:
-        module = importlib.import_module(mod_name)
-    except Exception as e:  # any import-time failure of user code is the user's to fix
-        raise UserError(f"model.name {name!r}: cannot import {mod_name} ({type(e).__name__}: {e})") from None
-    fn = getattr(module, fn_name, None)
-    if not callable(fn):
-        raise UserError(f"model.name {name!r}: {mod_name} has no function {fn_name}")
-    try:
-        inspect.signature(fn).bind((1, 8, 8), 10)
-    except TypeError:
-        raise UserError(f"model.name {name!r}: {fn_name} must accept (in_shape, num_classes)") from None
-    except ValueError:
-        pass  # builtins without a signature: let the call decide
-    return lambda in_shape, num_classes, width=1.0: fn(tuple(in_shape), num_classes)
+        fn = ZOO[name]
+        taken = sorted(set(kwargs) & {"in_shape", "num_classes", "width", "dropout"})
+        if taken:
+            raise UserError(f"model.kwargs {taken[0]}: set it as model.{taken[0]} (or from the data), not in model.kwargs")
+        try:
+            inspect.signature(fn).bind((1, 8, 8), 10, 1.0, **kwargs)
+        except TypeError:
+            extra = [p for p in inspect.signature(fn).parameters if p not in ("in_shape", "num_classes", "width")]
+            raise UserError(f"model.kwargs {', '.join(sorted(set(kwargs) - set(extra)))}: {name} takes "
+                            f"{', '.join(extra) or 'no other arguments'}") from None
+        return lambda in_shape, num_classes, width=1.0, **kw: fn(tuple(in_shape), num_classes, width, **kw, **kwargs)
+    if ":" not in name:
+        raise UserError(f"model.name {name!r}: not one of {', '.join(ZOO)} nor \"package.module:function\", "
+                        "\"timm:NAME\" or \"torchvision:NAME\"")
+    from raytrain.models_external import resolve
+
+    build = resolve(name, kwargs)
+    return lambda in_shape, num_classes, width=1.0: build(tuple(in_shape), num_classes)
 
 
-def build_model(name: str, in_shape, num_classes: int, width: float = 1.0, dropout: float | None = None) -> nn.Module:
-    builder = resolve_builder(name)
-    model = builder(tuple(in_shape), num_classes, width, dropout) if name == "cnn" else builder(tuple(in_shape), num_classes, width)
+def build_model(name: str, in_shape, num_classes: int, width: float = 1.0, dropout: float | None = None,
+                kwargs: Optional[dict] = None) -> nn.Module:
+    builder = resolve_builder(name, kwargs)
+    extra = {"dropout": dropout} if name == "cnn" else {}
+    model = builder(tuple(in_shape), num_classes, width, **extra)
     if not isinstance(model, nn.Module):
         raise UserError(f"model.name {name!r}: returned {type(model).__name__}, not a torch.nn.Module")
     return model
 
 
 def model_from(cfg, in_shape, num_classes: int, factory: Callable[..., nn.Module] | None = None) -> nn.Module:
-    """The model of an experiment's `model:` block, or from `factory(in_shape, num_classes)` (Python API)."""
+    """The model of an experiment's `model:` block, or from `factory` (Python API: `(in_shape, num_classes)`, or
+    a constructor taking num_classes= / in_chans=, as for "package.module:function"); model.kwargs go to either."""
+    kwargs = getattr(cfg, "kwargs", None) or {}
     if factory is None:
-        return build_model(cfg.name, in_shape, num_classes, cfg.width, cfg.dropout)
-    model = factory(tuple(in_shape), num_classes)
-    if not isinstance(model, nn.Module):
-        raise UserError(f"model=: the factory returned {type(model).__name__}, not a torch.nn.Module")
-    return model
+        return build_model(cfg.name, in_shape, num_classes, cfg.width, cfg.dropout, kwargs)
+    from raytrain.models_external import builder_for
+
+    return builder_for(factory, "model=", kwargs)(tuple(in_shape), num_classes)
 
 
 def check_model(name: str, in_shape, num_classes: int, width: float = 1.0, dropout: float | None = None,
-                factory: Callable[..., nn.Module] | None = None) -> nn.Module:
+                factory: Callable[..., nn.Module] | None = None, kwargs: Optional[dict] = None) -> nn.Module:
     """Build on the driver and run one example through it, so shape errors surface before Ray starts."""
     from types import SimpleNamespace
 
-    model = model_from(SimpleNamespace(name=name, width=width, dropout=dropout), in_shape, num_classes, factory)
+    if width != 1.0 and factory is None and name not in ZOO:
+        logging.getLogger("raytrain").warning(f"model.width {width:g} applies to the zoo models only: {name} is built "
+                                              "as it is (pass its own arguments in model.kwargs)")
+    cfg = SimpleNamespace(name=name, width=width, dropout=dropout, kwargs=kwargs or {})
+    model = model_from(cfg, in_shape, num_classes, factory)
     try:
         with torch.no_grad():
             out = model.eval()(torch.zeros(2, *in_shape))

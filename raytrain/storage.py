@@ -148,8 +148,16 @@ def resolve(uri: str | os.PathLike, key: str = "output") -> Location:
         return Location(pafs.LocalFileSystem(), str(path), str(path))
     parsed = urlparse(text)
     query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+    for k, v in query.items():  # credential-like options are refused below: their values never repeated
+        if v and any(w in k.lower() for w in SECRETISH):
+            text = text.replace(f"{k}={v}", f"{k}=...")
     bucket_path = (parsed.netloc + parsed.path).rstrip("/")
     clean = f"{parsed.scheme}://{bucket_path}"
+    if parsed.password is not None or ("@" in parsed.netloc and parsed.scheme in ("s3", "s3a", "gs", "gcs")):
+        # s3://KEY:SECRET@bucket/... (a user name alone is fine elsewhere, e.g. hdfs://user@namenode/): refused
+        # without repeating them
+        raise UserError(f"{key} {parsed.scheme}://...@{parsed.netloc.rsplit('@', 1)[1]}{parsed.path}: credentials in the "
+                        "URI; they come from the environment, a profile or an instance role, never from a URI or the YAML")
     if not parsed.netloc:
         raise UserError(f"{key} {text}: no bucket in the URI (expected {parsed.scheme}://bucket/prefix)")
     if parsed.scheme in ("s3", "s3a"):

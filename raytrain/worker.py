@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from raytrain import _ray_compat, console, epochs
@@ -14,4 +15,6 @@ def train_loop_per_worker(config: dict) -> None:
     _ray_compat.quiet_train_report_log()
     console.attach()  # this worker process's raytrain lines reach the driver's log
     plan = RunPlan.from_json(config["plan"])
+    if plan.mode == "trial" and not console.is_verbose():  # a search's trial: the driver says one line per event
+        console.LOGGER.setLevel(logging.WARNING)
     epochs.run(TrainHost(plan), plan, config.get("model_factory"), entered)

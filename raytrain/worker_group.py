@@ -14,6 +14,7 @@ import ray
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from raytrain import _ray_compat
 from raytrain import checkpoint as ckpt
 from raytrain import storage
 from raytrain.config import Experiment
@@ -45,7 +46,8 @@ def build_trainer(exp: Experiment, plan: RunPlan, ingest: Ingest, storage_root: 
             callbacks=list(callbacks or []),
         ),
         datasets=ingest.datasets,
-        dataset_config=DataConfig(datasets_to_split=ingest.split),  # materialised parts are cut per rank already
+        dataset_config=DataConfig(datasets_to_split=ingest.split,  # materialised parts are cut per rank already
+                                  execution_options=_ray_compat.ingest_options()),
     )
 
 

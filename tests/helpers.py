@@ -106,6 +106,22 @@ def head(tmp_path: Path, extra_args: tuple = (), extra_env: dict | None = None, 
             current.unlink()
 
 
+@contextlib.contextmanager
+def armed(*arms: str):
+    """Arm these fault files (tests/usermodels.py) around a run; the list it yields says afterwards, for each,
+    whether a fault consumed it."""
+    paths = [Path(a) for a in arms]
+    for p in paths:
+        p.write_text("armed")
+    fired: list[bool] = []
+    try:
+        yield fired
+    finally:
+        fired += [not p.exists() for p in paths]
+        for p in paths:
+            p.unlink(missing_ok=True)
+
+
 # A search of 2 trials, one at a time; the second (digits upscaled 8x) runs several times longer than the
 # first (2x), so a driver killed once the first is seen finished in storage still has the second to resume
 # (tests/test_storage.py).
@@ -136,3 +152,16 @@ def run_cli(cmd: list, timeout: float, **kw) -> subprocess.CompletedProcess:
             return (b.decode(errors="replace") if isinstance(b, bytes) else b or "")[-n:]
         pytest.fail(f"{' '.join(map(str, cmd[1:]))} still running after {timeout:.0f} s:\n"
                     f"{tail(e.stdout, 3000)}\n---\n{tail(e.stderr, 5000)}")
+
+
+# What Ray's, Ray Data's and Tune's own console output looks like (issue 34: none of it by default): C++ log
+# lines, Python log records and warnings with their source paths, tracebacks, Ray Data's notices, Tune's tables.
+RAY_INTERNALS = (r"core_worker|\.cc:\d+|\.py:\d+|\b(INFO|DEBUG|WARNING)\b|Traceback|Progress bars|Deprecat|"
+                 r"deduplicates logs|execution finished|Started a local Ray|Trial status:|View detailed results|[│╭╰├]")
+
+
+def ray_internal_lines(output: str) -> list[str]:
+    """The lines of a command's output that come from Ray's internals, not from raytrain or the user."""
+    import re
+
+    return [line for line in output.splitlines() if re.search(RAY_INTERNALS, line)]

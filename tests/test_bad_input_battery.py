@@ -16,6 +16,7 @@ import yaml
 from raytrain.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
+SECRET = "wJalrXUtnFEMIexample"  # a credential-like value, planted in inputs
 EXP = {"name": "b", "data": {"dataset": "digits"}, "model": {"name": "mlp", "width": 0.5},
        "train": {"epochs": 1, "batch_size": 64, "precision": "fp32"}, "parallel": {"workers": 1}}
 
@@ -56,6 +57,16 @@ def _parquet(tmp: Path, table: pa.Table | None = None, text: str | None = None, 
     return _validate(tmp, data=data)
 
 
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def _good_x(n: int = 8):
     return pa.array(np.ones((n, 4), np.float32).tolist(), pa.list_(pa.float32()))
 
@@ -88,6 +99,14 @@ CASES = {
     "yaml warmup": (lambda t: _exp(t, train__schedule={"name": "cosine", "warmup_epochs": 2}),
                     "train.schedule.warmup_epochs 2.0 must be shorter than train.epochs 1"),
     "yaml bad run name": (lambda t: _exp(t, name="../x"), "name: String should match pattern"),
+    # credentials never come from the YAML, nor from a URI in it (any filesystem)
+    "yaml credentials key": (lambda t: _exp(t, aws_secret_access_key=SECRET), "aws_secret_access_key: unknown key"),
+    "yaml credentials in a URI": (lambda t: _exp(t, output=f"s3://AKIAEXAMPLE:{SECRET}@b/runs"),
+                                  "output s3://...@b/runs: credentials in the URI"),
+    "yaml credential option, gs": (lambda t: _exp(t, output=f"gs://b/runs?access_token={SECRET}"),
+                                   "unknown URI option 'access_token'"),
+    "yaml credential option, fsspec": (lambda t: _exp(t, output=f"abfs://c/runs?account_key={SECRET}"),
+                                       "URI option 'account_key' looks like a credential"),
     # --set overrides
     "set without =": (lambda t: _exp(t) + ["--set", "train.epochs"], "--set train.epochs: expected key.path=value"),
     "set unknown key": (lambda t: _exp(t) + ["--set", "train.epohcs=3"], "train.epohcs: unknown key"),
@@ -105,10 +124,18 @@ CASES = {
                                        "data.features: column 'x' not in"),
     "parquet missing label column": (lambda t: _parquet(t, pa.table({"x": _good_x(), "c": pa.array(np.arange(8) % 2)})),
                                      "data.label: column 'y' not in"),
-    "parquet label dtype": (lambda t: _parquet(t, pa.table({"x": _good_x(), "y": pa.array(["a"] * 8)})),
-                            "data.label: column 'y' must hold integer class ids, not string"),
+    "parquet label dtype": (lambda t: _parquet(t, pa.table({"x": _good_x(), "y": pa.array([[1]] * 8)})),
+                            "data.label: column 'y' must hold integer class ids or class names (strings), not list"),
+    "parquet one class name": (lambda t: _parquet(t, pa.table({"x": _good_x(), "y": pa.array(["a"] * 8)})),
+                               "data.label: column 'y' holds 1 class name(s) (a); a classifier needs at least 2"),
     "parquet feature dtype": (lambda t: _parquet(t, pa.table({"x": pa.array(["s"] * 8), "y": pa.array(np.arange(8) % 2)})),
-                              "data.features: column 'x' must hold arrays or lists of numbers, not string"),
+                              "data.features: column 'x' must hold arrays or lists of numbers, or encoded images, not "
+                              "string: store PNG/JPEG bytes"),
+    "parquet corrupt image": (lambda t: _parquet(t, pa.table({"x": pa.array([_png()] * 5 + [b"\x89PNG junk"] + [_png()] * 2),
+                                                              "y": pa.array(np.arange(8) % 2)})),
+                              "data.features: column 'x', row 5: not a readable image"),
+    "images not a folder": (lambda t: _validate(t, data={"dataset": "images", "path": str(t / "gone")}),
+                            "gone: no such folder; ImageFolder layout is <path>/train/<class>/<image>"),
     "parquet ragged": (lambda t: _parquet(t, pa.table({"x": pa.array([[1.0]] * 7 + [[1.0, 2.0]]),
                                                        "y": pa.array(np.arange(8) % 2)})), "is ragged"),
     "parquet empty": (lambda t: _parquet(t, pa.table({"x": pa.array([], pa.list_(pa.float32())), "y": pa.array([], pa.int64())})),
@@ -163,7 +190,7 @@ def test_bad_input_one_line_exit_2(name, tmp_path, capsys, earlier_run):
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1, err
     assert culprit in lines[0], lines[0]
-    assert "Traceback" not in out + err
+    assert "Traceback" not in out + err and SECRET not in out + err  # a credential typed in is never repeated
     assert _snapshot(earlier_run) == before
     assert sorted(p.name for p in (tmp_path / "runs" / "b").iterdir()) == [earlier_run.name]  # no new run folder
 
@@ -196,6 +223,14 @@ def _parquet_dir_with_a_corrupt_file(root: Path) -> Path:
     return d
 
 
+def _spec_at(root: Path) -> str:
+    """A valid search spec writing beside the real run."""
+    path = root / "spec.yaml"
+    path.write_text(yaml.safe_dump({**EXP, "output": str(root / "runs"),
+                                    "search": {"space": {"train.optimizer.lr": {"grid": [0.01, 0.1]}}}}))
+    return str(path)
+
+
 def _parquet_exp(root: Path, ingest: str) -> str:
     path = root / f"parquet-{ingest}.yaml"
     data = {"dataset": "parquet", "path": str(_parquet_dir_with_a_corrupt_file(root)), "features": "x", "label": "y",
@@ -207,12 +242,18 @@ def _parquet_exp(root: Path, ingest: str) -> str:
 RUN_CASES = {
     "resume with a bad override": (lambda root, run, exp: ["train", str(exp), "--resume", str(run), "--set", "train.epochs=0"],
                                    "train.epochs: Input should be greater than or equal to 1"),
+    "resume of a folder that is not a run": (lambda root, run, exp: ["train", str(exp), "--resume", str(run.parent)],
+                                             "--resume {run.parent}: not a raytrain run folder"),
+    "search resume of a run that is not a search": (
+        lambda root, run, exp: ["search", _spec_at(root), "--resume", str(run)],
+        "--resume {run}: not a raytrain search folder"),
     "resume asking more CPUs than the cluster has": (
         lambda root, run, exp: ["train", str(exp), "--resume", str(run), "--set", "parallel.workers=4"],
         "4 worker(s) need 4 CPU but the cluster has 2"),
-    "resume asking a GPU the cluster lacks": (
-        lambda root, run, exp: ["train", str(exp), "--resume", str(run), "--set", "parallel.use_gpu=true"],
-        "parallel.use_gpu: 1 worker(s) need 1 GPU but the cluster has 0"),
+    "resume asking more GPUs than the cluster has": (  # more than any host has: the same on a GPU host
+        lambda root, run, exp: ["train", str(exp), "--resume", str(run), "--set", "parallel.use_gpu=true",
+                                "--set", "parallel.gpus_per_worker=1024"],
+        "parallel.use_gpu: 1 worker(s) need 1024 GPU but the cluster has"),
     "new run asking more CPUs than the cluster has": (lambda root, run, exp: ["train", str(exp), "--set", "parallel.workers=4"],
                                                       "4 worker(s) need 4 CPU but the cluster has 2"),
     "resume onto corrupt Parquet": (lambda root, run, exp: ["train", _parquet_exp(root, "materialize"), "--resume", str(run)],
@@ -230,7 +271,8 @@ def test_refused_where_a_run_exists_leaves_it_untouched(name, real_run, capsys):
     assert main(make(root, run, exp)) == 2
     out, err = capsys.readouterr()
     lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and culprit.format(root=root) in lines[0], err
+    assert len(lines) == 1 and culprit.format(root=root, run=run) in lines[0], err
     assert "Traceback" not in out + err
     assert _snapshot(run) == before  # not even a config.resume-*.yaml
     assert [p.name for p in run.parent.iterdir()] == [run.name]  # no new run folder
+    assert [p.name for p in (root / "runs").iterdir() if not p.name.startswith(".")] == ["b"]  # nor search folder

@@ -133,7 +133,7 @@ def _table(tmp_path, name, **cols):
     (lambda t: _table(t, "d.parquet", image=pa.array([["a"], ["b"]]), label=pa.array([0, 1])), "is not numeric"),
     (lambda t: _table(t, "e.parquet", image=pa.array([[1.0], [1.0, 2.0]]), label=pa.array([0, 1])), "is ragged"),
     (lambda t: _table(t, "f.parquet", image=pa.array([], pa.list_(pa.float32())), label=pa.array([], pa.int64())), "dataset is empty"),
-    (lambda t: _table(t, "g.parquet", image=pa.array([[1.0]] * 2), label=pa.array(["x", "y"])), "must hold integer class ids"),
+    (lambda t: _table(t, "g.parquet", image=pa.array([[1.0]] * 2), label=pa.array([[0], [1]])), "must hold integer class ids or class names"),
     (lambda t: _table(t, "h.parquet", image=pa.array([[1.0]] * 2), label=pa.array([0.5, 1.0])), "non-integer"),
     (lambda t: (t / "i.parquet").write_text("not parquet") and t / "i.parquet", "not a readable Parquet file"),
     (lambda t: t / "missing.parquet", "no such file or directory"),

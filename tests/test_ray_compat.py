@@ -53,3 +53,66 @@ def test_public_ray_pieces_with_weaker_stability_promises():
     assert "checkpoint_dir_name" in params  # rank 0 names the checkpoint it then logs
     state = BasicVariantGenerator.get_state  # our budget counters ride in its saved __dict__
     assert "__dict__" in inspect.getsource(state)
+
+
+def test_the_lines_a_quiet_console_turns_off_come_from_where_we_quiet_them():
+    """Ray's token notice and Ray Data's progress-bar notice are logged by the loggers raytrain raises; Tune's
+    legacy output engine (silent at verbose=0) is still the one RAY_AIR_NEW_OUTPUT=0 selects."""
+    import importlib
+    import os
+
+    from ray.tune.experimental.output import get_air_verbosity
+
+    for name, text in ((_ray_compat.AUTH_TOKEN_LOGGER, "Token authentication is enabled for this Ray cluster"),
+                       (_ray_compat.DATA_PROGRESS_LOGGER, "Progress bars disabled"), _ray_compat.TUNE_INCOMPLETE):
+        module = importlib.import_module(name)
+        assert text in inspect.getsource(module) and module.logger is logging.getLogger(name), name
+    controller = importlib.import_module("ray.tune.execution.tune_controller")
+    assert 'os.environ.get("TUNE_PRINT_ALL_TRIAL_ERRORS", "1")' in inspect.getsource(controller)
+    assert set(_ray_compat.QUIET_ENV) >= {"RAY_AIR_NEW_OUTPUT"}
+    before = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ.update(_ray_compat.QUIET_ENV)
+    try:
+        assert get_air_verbosity(0) is None
+    finally:
+        if before is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT")
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = before
+
+
+def test_ingest_options_are_trains_defaults_without_the_deprecated_one():
+    """Train's default ingest options still pass `exclude_resources` (Ray Data warns, with its source path, in
+    every run's DatasetManager); ours are the same options without it, and warn nothing."""
+    import warnings
+
+    from ray.train import DataConfig
+
+    assert "exclude_resources=ctx.execution_options.exclude_resources" in inspect.getsource(
+        DataConfig.default_ingest_options)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        ours = _ray_compat.ingest_options()
+        default = DataConfig.default_ingest_options()
+    assert [str(w.message) for w in said if "exclude_resources" in str(w.message)] == [
+        "`ExecutionOptions.exclude_resources` is deprecated and will be removed after January 2027. Use "
+        "`ExecutionOptions.label_selector` to constrain Ray Data work to labeled nodes."]  # Train's, not ours
+    assert (ours.resource_limits, ours.exclude_resources, ours.preserve_order, ours.verbose_progress) == \
+        (default.resource_limits, default.exclude_resources, default.preserve_order, default.verbose_progress)
+
+
+def test_forwarded_lines_pass_through_rays_dispatcher_while_inside():
+    """Every batch Ray forwards from its processes to the driver's console goes through Ray's dispatcher."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    seen = []
+    dispatcher.add_handler("raytrain-test", seen.append)
+    try:
+        with _ray_compat.forwarded_lines(lambda b: {**b, "lines": [ln for ln in b["lines"] if ln != "drop"]}):
+            dispatcher.emit({"pid": 1, "lines": ["keep", "drop"]})
+            dispatcher.emit({"pid": 1, "lines": ["drop"]})  # nothing left: not emitted
+        dispatcher.emit({"pid": 1, "lines": ["drop"]})
+    finally:
+        dispatcher.remove_handler("raytrain-test")
+    assert [b["lines"] for b in seen] == [["keep"], ["drop"]]
+    assert "emit" not in vars(dispatcher)

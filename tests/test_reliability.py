@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from raytrain import checkpoint as ckpt
-from helpers import make_exp, metric_rows
+from helpers import armed, make_exp, metric_rows
 from raytrain import trainer
 from raytrain.errors import UserError
 
@@ -48,6 +48,25 @@ def test_sigkilled_worker_resumes_from_checkpoint_and_matches_uninterrupted(ray_
     print(f"\n[figures] SIGKILLed worker: val_acc {s['final']['val_accuracy']:.4f} vs uninterrupted "
           f"{clean['final']['val_accuracy']:.4f}; wall {s['wall_s']:.1f} s vs {clean['wall_s']:.1f} s")
     assert abs(s["final"]["val_accuracy"] - clean["final"]["val_accuracy"]) <= 0.002
+
+
+def test_python_error_in_the_loop_restarts_from_the_latest_checkpoint(exp_dict):
+    """A RuntimeError mid-epoch 2 of a one-worker run: raytrain's loop restarts it from epoch 1's checkpoint
+    and the run completes, epochs 1, 2, 3 logged once each; with parallel.max_failures 0 the same error fails
+    the run after epoch 1, naming the error."""
+    import raytrain
+    from usermodels import RAISE_ARM
+
+    with armed(RAISE_ARM) as fired:
+        ok = raytrain.train(make_exp(exp_dict, model__name="usermodels:raise_once", train__epochs=3))
+    assert fired == [True] and ok.status == "completed" and ok.mode == "in-process", ok
+    assert _epochs(ok.run_dir) == [1, 2, 3]
+    with armed(RAISE_ARM) as fired:
+        failed = raytrain.train(make_exp(exp_dict, model__name="usermodels:raise_once", train__epochs=3,
+                                         parallel__max_failures=0))
+    assert fired == [True] and failed.status == "failed", failed
+    assert "RuntimeError: planted training error" in failed.error and _epochs(failed.run_dir) == [1]
+    assert json.loads((Path(failed.run_dir) / "result.json").read_text())["status"] == "failed"
 
 
 @pytest.mark.slow
@@ -158,14 +177,20 @@ def test_torn_latest_checkpoint_falls_back_with_a_warning(tmp_path):
 
 
 def test_resume_continues_then_skips_a_corrupt_latest_checkpoint(ray_local, exp_dict):
-    """One run, resumed twice: a clean resume continues at the next epoch with the clock carried over;
-    after the latest checkpoint is torn, the next resume falls back to the one before it."""
+    """One run, resumed twice: a clean resume continues at the next epoch with the clock carried over (the
+    checkpoint's clock set to 1000 s: the resumed epoch ends at 1000 s plus its own seconds); after the latest
+    checkpoint is torn, the next resume falls back to the one before it."""
     first = trainer.run(make_exp(exp_dict, train__epochs=2))
     run_dir = Path(first["run_dir"])
+    state = ckpt.load_local(first["checkpoint"])
+    state["elapsed_s"] = 1000.0
+    ckpt.save_local(first["checkpoint"], state)  # a valid checkpoint whose clock reads 1000 s
     second = trainer.run(make_exp(exp_dict, train__epochs=3), resume=run_dir)
     assert second["run_dir"] == first["run_dir"] and second["status"] == "completed", second
     assert _epochs(run_dir) == [1, 2, 3]
-    assert second["final"]["elapsed_s"] > first["final"]["elapsed_s"]  # clock carried over
+    resumed = metric_rows(run_dir)[2]
+    assert resumed["elapsed_s"] == pytest.approx(1000.0 + resumed["epoch_s"], abs=0.01), resumed  # clock carried over
+    assert second["final"]["elapsed_s"] == pytest.approx(resumed["elapsed_s"])
     (Path(second["checkpoint"]) / ckpt.STATE_FILE).write_bytes(b"\x00garbage")  # a torn / tampered latest checkpoint
     third = trainer.run(make_exp(exp_dict, train__epochs=4), resume=run_dir)
     assert third["status"] == "completed", third
@@ -177,15 +202,14 @@ def test_resume_continues_then_skips_a_corrupt_latest_checkpoint(ray_local, exp_
     ({"parallel__workers": 3, "train__batch_size": 63}, "3 worker(s) need 3 CPU but the cluster has 2"),
 ])
 def test_train_with_resources_no_node_has_is_refused_fast(ray_local, exp_dict, patch, msg):
-    t0 = time.monotonic()
     with pytest.raises(UserError, match=msg.replace("(", r"\(").replace(")", r"\)")):
         trainer.run(make_exp(exp_dict, **patch))
-    assert time.monotonic() - t0 < 30
     assert not list(Path(exp_dict["output"]).glob("t/*"))  # nothing created: no run folder
 
 
 @pytest.mark.parametrize("trial,msg", [
-    ({"workers": 1, "use_gpu": True}, "parallel.use_gpu: 1 worker(s) need 1 GPU but the cluster has 0"),
+    ({"workers": 1, "use_gpu": True, "gpus_per_worker": 1024},  # more than any host has: host-independent
+     "parallel.use_gpu: 1 worker(s) need 1024 GPU but the cluster has"),
     ({"workers": 1, "worker_resources": {"pool_x": 1}}, "pool_x: 1 worker(s) need 1 pool_x"),
 ])
 def test_search_with_resources_no_node_has_is_refused_fast(ray_local, tmp_path, trial, msg):
@@ -197,10 +221,8 @@ def test_search_with_resources_no_node_has_is_refused_fast(ray_local, tmp_path, 
         "name": "r", "data": {"dataset": "digits"}, "model": {"name": "mlp"}, "output": str(tmp_path / "runs"),
         "train": {"batch_size": 64, "precision": "fp32"},
         "search": {"space": {"train.optimizer.lr": {"grid": [0.01, 0.1]}}, "trial": trial}}))
-    t0 = time.monotonic()
     with pytest.raises(UserError, match=msg.replace("(", r"\(").replace(")", r"\)")):
         driver.run(load_spec(spec_path))
-    assert time.monotonic() - t0 < 30
     assert not list((tmp_path / "runs").glob("r-search/*"))  # nothing created: no search folder
 
 
@@ -248,11 +270,18 @@ def test_embedded_ray_dashboard_is_local_and_needs_the_token(tmp_path, starts_ra
             url = dashboard_url()
             port = int(url.rsplit(":", 1)[1])
             listening = listening_ips(port)
-            try:
-                status = urllib.request.urlopen(url + "/api/jobs/", timeout=10).status
-            except urllib.error.HTTPError as e:
-                status = e.code
-            print("RESULT " + json.dumps({"url": url, "listening": listening, "status": status}))
+            def status(headers):
+                try:
+                    return urllib.request.urlopen(urllib.request.Request(url + "/api/jobs/", headers=headers),
+                                                  timeout=10).status
+                except urllib.error.HTTPError as e:
+                    return e.code
+
+            # the header Ray's own clients send, with the token this Ray was started with
+            from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
+            token = get_auth_headers_if_auth_enabled({})
+            print("RESULT " + json.dumps({"url": url, "listening": listening, "status": status({}),
+                                          "with_token": status(token) if token else None}))
     """)
     env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
@@ -261,3 +290,4 @@ def test_embedded_ray_dashboard_is_local_and_needs_the_token(tmp_path, starts_ra
     assert got["url"].startswith("http://127.0.0.1:")
     assert got["listening"] == ["127.0.0.1"]
     assert got["status"] in (401, 403)  # token authentication is on: no token, no job API
+    assert got["with_token"] == 200  # ... and with it, the job API answers

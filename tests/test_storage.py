@@ -4,6 +4,7 @@ storage mistake. No mocks of Ray or S3 beyond that server."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -17,8 +18,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import RESUME_SEARCH, SNAPSHOT_EVERY_SECOND, free_port, make_exp, run_cli
-from raytrain import checkpoint as ckpt
+from helpers import RESUME_SEARCH, SNAPSHOT_EVERY_SECOND, armed, free_port, make_exp, run_cli
 from raytrain import trainer
 from raytrain.cli import main
 from raytrain.hosts import read_rows
@@ -28,12 +28,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _s3():
-    return boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    # the session's fake account, named here: a test that unsets the credentials still looks into the store
+    return boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
+                        aws_secret_access_key="testing")
 
 
 def _keys(bucket: str, prefix: str = "") -> list[str]:
     pages = _s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+
+def _store() -> dict[str, list[str]]:
+    """Every bucket of the S3 server and every key in it."""
+    return {b["Name"]: _keys(b["Name"]) for b in _s3().list_buckets()["Buckets"]}
 
 
 def _epochs(run_uri: str) -> list[int]:
@@ -65,11 +72,11 @@ BAD = {
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_output_uri_is_one_line_exit_2_fast(case, s3_server, exp_dict, tmp_path, capsys):
     uri, culprit = BAD[case][0](s3_server()), BAD[case][1]
-    t0 = time.monotonic()
+    before = _store()
     assert main(["train", _yaml(tmp_path, exp_dict), "--set", f"output={uri}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and culprit in err[0] and "Traceback" not in err[0], err
-    assert time.monotonic() - t0 < 30
+    assert _store() == before  # no bucket created, no object written
     assert not (ROOT / "s3:").exists() and not (tmp_path / "s3:").exists()  # never a local folder named after a URI
 
 
@@ -81,11 +88,13 @@ def test_missing_credentials_are_one_line(uri, unset, culprit, s3_server, exp_di
     for key in unset:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.aws or gcloud credentials files either
-    t0 = time.monotonic()
-    assert main(["train", _yaml(tmp_path, exp_dict), "--set", f"output={uri.format(b=s3_server())}"]) == 2
+    uri = uri.format(b=s3_server())
+    before = _store()
+    assert main(["train", _yaml(tmp_path, exp_dict), "--set", f"output={uri}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and culprit in err[0], err
-    assert time.monotonic() - t0 < 30
+    assert _store() == before  # nothing written, even with the store's anonymous access at hand
+    assert not (ROOT / uri[:3]).exists() and not (tmp_path / uri[:3]).exists()  # no local "s3:" / "gs:" folder
 
 
 def test_export_and_report_of_a_missing_run_on_s3_are_one_line(s3_server, capsys):
@@ -116,27 +125,43 @@ def test_train_on_s3_then_export_and_fall_back_past_a_torn_checkpoint(ray_local,
     weights = torch.load(out, weights_only=True)
     assert {k: tuple(v.shape) for k, v in weights.items()}["1.weight"] == (128, 64)  # mlp width 0.5 on 8x8 digits
 
-    # The newest checkpoint on S3 torn (a partial upload): resume finds the previous one by listing the bucket
+    def checkpointed(key: str) -> dict:
+        """The model weights a checkpoint's state file in the bucket holds, read without raytrain."""
+        body = _s3().get_object(Bucket=bucket, Key=prefix + key)["Body"].read()
+        return torch.load(io.BytesIO(body), weights_only=True)["model"]
+
+    def same(a: dict, b: dict) -> bool:
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    newest, previous = checkpointed(states[-1]), checkpointed(states[0])
+    assert same(weights, newest) and not same(weights, previous)  # the newest checkpoint's weights
+
+    # The newest checkpoint on S3 torn (a partial upload): export and resume find the previous one by listing
+    # the bucket; export writes epoch 1's weights.
     _s3().put_object(Bucket=bucket, Key=prefix + states[-1], Body=b"\x00torn")
+    with pytest.warns(UserWarning, match=f"{states[-1]}: checksum mismatch"):
+        assert main(["export", run, "--out", str(tmp_path / "previous.pt")]) == 0
+    assert same(torch.load(tmp_path / "previous.pt", weights_only=True), previous)
     resumed = trainer.run(make_exp(exp_dict, output=f"s3://{bucket}/runs", train__epochs=3), resume=run)
     assert resumed["status"] == "completed", resumed
     assert _epochs(run) == [1, 2, 2, 3]  # resumed from epoch 1's checkpoint: epoch 2 redone
 
 
 @pytest.mark.slow
-def test_sigkilled_train_worker_resumes_from_its_s3_checkpoint(ray_local, s3_server, exp_dict):
-    from usermodels import CRASH_ARM
+def test_ddp_group_on_s3_survives_a_sigkilled_worker_then_a_python_error(ray_local, s3_server, exp_dict):
+    """Two DDP workers (a Ray Train worker group) checkpointing to S3: one SIGKILLed mid-epoch 2; in the group
+    restarted from epoch 1's checkpoint, one raises mid-epoch 3. Ray Train restarts the group from the latest
+    checkpoint on S3 each time (parallel.max_failures 2): epochs 1, 2, 3 logged once each. (One worker with
+    parallel.isolate: tests/test_reliability.py.)"""
+    import raytrain
+    from usermodels import DDP_KILL_ARM, DDP_RAISE_ARM
 
     bucket = s3_server()
-    Path(CRASH_ARM).write_text("armed")
-    try:
-        s = trainer.run(make_exp(exp_dict, output=f"s3://{bucket}/runs", model__name="usermodels:crash_once",
-                                 train__epochs=3, parallel__isolate=True))
-    finally:
-        Path(CRASH_ARM).unlink(missing_ok=True)
-    assert s["status"] == "completed" and s["mode"] == "worker-group", s
-    assert not Path(CRASH_ARM).exists()  # the SIGKILL happened (mid-epoch 2)
-    assert _epochs(s["run_dir"]) == [1, 2, 3]  # restarted from the epoch-1 checkpoint on S3
+    with armed(DDP_KILL_ARM, DDP_RAISE_ARM) as fired:
+        s = raytrain.train(make_exp(exp_dict, output=f"s3://{bucket}/runs", model__name="usermodels:ddp_faults",
+                                    train__epochs=3, parallel__workers=2))
+    assert fired == [True, True] and s.status == "completed" and s.mode == "worker-group", (fired, s)
+    assert _epochs(s.run_dir) == [1, 2, 3]
 
 
 def _wait(predicate, proc, seconds: float, what: str, every: float = 0.1):
@@ -152,23 +177,23 @@ def _wait(predicate, proc, seconds: float, what: str, every: float = 0.1):
 
 @pytest.mark.slow
 def test_killed_driver_then_resume_from_s3_finishes_at_the_right_epoch(starts_ray, s3_server, exp_dict, tmp_path):
+    """An in-process run's process SIGKILLed mid-epoch 3 (by its own model, at its 60th step of 26 an epoch),
+    with epochs 1 and 2 and their checkpoints in S3: `--resume` continues at epoch 3 and finishes."""
     bucket = s3_server()
-    exp = {**exp_dict, "data": {"dataset": "digits", "upscale": 4}, "model": {"name": "mlp", "width": 2.0},
-           "train": {**exp_dict["train"], "epochs": 6}}
+    exp = {**exp_dict, "model": {"name": "usermodels:kill_at"}, "train": {**exp_dict["train"], "epochs": 6}}
     spec = _yaml(tmp_path, exp, output=f"s3://{bucket}/runs")
     cmd = [sys.executable, "-m", "raytrain", "train", spec]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait(lambda: len([k for k in _keys(bucket) if k.endswith("state.pt.sha256")]) >= 2, proc, 120, "second checkpoint")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    arm = tmp_path / "kill-arm"
+    arm.write_text("armed")
+    env = {**os.environ, "RAYTRAIN_TEST_KILL_AT": f"60:{arm}",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    killed = run_cli(cmd, 240, cwd=tmp_path, env=env)
+    assert killed.returncode == -signal.SIGKILL and not arm.exists(), killed.stderr[-2000:]
     run = "s3://" + bucket + "/" + next(k for k in _keys(bucket) if k.endswith("config.yaml")).rsplit("/", 1)[0]
-    before = _epochs(run)
-    state, _ = ckpt.load_first(ckpt.checkpoint_dirs(resolve(run) / ckpt.RUN_STORAGE), ckpt.STATE_FILE)
-    done = int(state["epoch"]) + 1  # the newest readable checkpoint's epoch
-    resumed = subprocess.run(cmd + ["--resume", run], cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert _epochs(run) == [1, 2]
+    resumed = run_cli(cmd + ["--resume", run], 240, cwd=tmp_path, env=env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    after = _epochs(run)[len(before):]
-    assert after == list(range(done + 1, 7)), (before, after, done)  # continued right after the checkpoint
+    assert _epochs(run) == [1, 2, 3, 4, 5, 6]  # continued at epoch 3, right after the newest checkpoint
     assert json.loads(resolve(run + "/result.json").read_text())["status"] == "completed"
 
 

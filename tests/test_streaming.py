@@ -4,7 +4,6 @@ only footers; the same results as materialising; configurations that could not m
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -85,11 +84,9 @@ def test_auto_streams_past_the_budget_from_s3_and_resumes(ray_local, s3_server, 
 def test_stream_that_could_not_make_progress_is_refused_not_hung(ray_local, exp_dict, tmp_path):
     """Two 1-CPU workers hold both CPUs: Ray Data's read tasks would wait for a CPU forever."""
     train, val = _digits_parquet(tmp_path / "data", files=2)
-    t0 = time.monotonic()
     with pytest.raises(UserError, match=r"2 worker\(s\) need 2 CPU \+ 1 for Ray Data \(data.stream_cpus\) but the "
                                         r"cluster has 2"):
         trainer.run(make_exp(exp_dict, data=_data(train, val, ingest="stream"), parallel__workers=2))
-    assert time.monotonic() - t0 < 30
     assert not list(Path(exp_dict["output"]).glob("t/*"))  # nothing created
 
 

@@ -94,3 +94,109 @@ def big_state(in_shape, num_classes):
     with open(PID_FILE, "w") as f:
         f.write(str(os.getpid()))
     return _Ballast(in_shape, num_classes, 100_000_000)
+
+
+class _SmallConvNet(nn.Module):
+    """A conv classifier with a fixed number of input channels (what torchvision's constructors build)."""
+
+    def __init__(self, num_classes: int, in_chans: int = 3, width: int = 8):
+        super().__init__()
+        self.in_chans = in_chans
+        self.conv1 = nn.Conv2d(in_chans, width, 3, padding=1)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv1(x)).mean((2, 3)))
+
+
+def resnet18(*, weights=None, progress=True, num_classes=1000, **kwargs):
+    """torchvision.models.resnet18's signature: keyword-only, num_classes=, the rest through **kwargs."""
+    if weights is not None and num_classes != 1000:
+        raise ValueError(f"The parameter 'num_classes' expected value 1000 but got {num_classes} instead.")
+    return _SmallConvNet(num_classes, 3, **kwargs)
+
+
+def timm_resnet(pretrained=False, **kwargs):
+    """timm's model functions: (pretrained=False, **kwargs), num_classes= and in_chans= among the kwargs."""
+    return _SmallConvNet(kwargs.pop("num_classes", 1000), kwargs.pop("in_chans", 3), **kwargs)
+
+
+def create_model(model_name, pretrained=False, pretrained_cfg=None, checkpoint_path="", **kwargs):
+    """timm.create_model's signature (with timm.is_model below)."""
+    if not is_model(model_name):
+        raise RuntimeError(f"Unknown model ({model_name})")
+    return timm_resnet(pretrained, **kwargs)
+
+
+def is_model(model_name):
+    return model_name in ("resnet18", "small")
+
+
+def explodes(num_classes=10):
+    """A constructor that raises."""
+    raise ValueError("planted constructor failure\nsecond line")
+
+
+def _fault_at(model: nn.Module, step: int, arm: str, fault) -> nn.Module:
+    """`model`, whose process runs `fault()` at its `step`-th training forward if it is the first to remove
+    the file `arm` (a fault happens once per arming, in whichever process gets there first)."""
+    import os
+
+    calls = {"n": 0}
+
+    def hook(module, args):
+        if module.training:
+            calls["n"] += 1
+            if calls["n"] == step:
+                try:
+                    os.unlink(arm)
+                except FileNotFoundError:
+                    return
+                fault()
+
+    model.register_forward_pre_hook(hook)
+    return model
+
+
+def _planted_error():
+    raise RuntimeError("planted training error")
+
+
+def _sigkill():
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+RAISE_ARM = "/tmp/raytrain-test-raise-once"
+
+
+def raise_once(in_shape, num_classes):
+    """`tiny`, raising a RuntimeError on its 30th training step (mid-epoch 2 on digits at batch 64) while armed."""
+    return _fault_at(tiny(in_shape, num_classes), 30, RAISE_ARM, _planted_error)
+
+
+DDP_KILL_ARM, DDP_RAISE_ARM = "/tmp/raytrain-test-ddp-kill", "/tmp/raytrain-test-ddp-raise"
+
+
+def ddp_faults(in_shape, num_classes):
+    """`tiny` for two DDP workers on digits at batch 64 (26 steps a worker an epoch): one worker SIGKILLed on
+    its 36th step (mid-epoch 2); in the group restarted at epoch 2, one worker raises on its 40th (mid-epoch 3).
+    The first group never gets that far: its other worker waits on the dead one in step 36's all-reduce."""
+    model = _fault_at(tiny(in_shape, num_classes), 36, DDP_KILL_ARM, _sigkill)
+    return _fault_at(model, 40, DDP_RAISE_ARM, _planted_error)
+
+
+def kill_at(in_shape, num_classes):
+    """`tiny`, whose process SIGKILLs itself at the training step RAYTRAIN_TEST_KILL_AT="<step>:<arm file>"
+    names, while that file exists (the test's own arm: the variable is set only in the process it starts)."""
+    import os
+
+    step, arm = os.environ["RAYTRAIN_TEST_KILL_AT"].split(":", 1)
+    return _fault_at(tiny(in_shape, num_classes), int(step), arm, _sigkill)
+
+
+def timm_style(num_classes=1000, in_chans=3, width=8):
+    """A constructor naming in_chans= (timm style): raytrain passes the data's channels."""
+    return _SmallConvNet(num_classes, in_chans, width)

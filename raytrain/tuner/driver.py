@@ -7,10 +7,10 @@ import logging
 import time
 from typing import Optional
 
-from raytrain import runtime, storage
+from raytrain import console, runtime, storage
 from raytrain.configio import to_yaml, validate_experiment
 from raytrain.errors import UserError
-from raytrain.tuner import tuning
+from raytrain.tuner import labels, tuning
 from raytrain.tuner.spec import RungClock, SearchSpec
 
 log = logging.getLogger("raytrain")
@@ -37,7 +37,7 @@ def run(spec: SearchSpec, resume: Optional[str] = None, scheduler=None) -> dict:
         log.info(f"note: {note}")
     a = spec.search.asha
     grace = f"grace={a.grace_period}" if a.grace_s is None else f"rungs at {a.grace_s:g} s x rf^k"
-    log.info(f"search {run_dir}: {spec.n_trials()} trial(s), ASHA max_t={a.max_t} {grace} rf={a.reduction_factor:g}, "
+    log.info(f"search {console.shown(run_dir.uri)}: {spec.n_trials()} trial(s), ASHA max_t={a.max_t} {grace} rf={a.reduction_factor:g}, "
              f"{concurrent} at a time, {'in the trial processes' if spec.search.trial.in_trial else 'Ray Train per trial'}")
     grid = tuning.build_tuner(spec, run_dir, concurrent, resume=resume is not None, scheduler=scheduler).fit()
     rows = tuning.collect(spec, grid)
@@ -92,15 +92,19 @@ def write_best(spec: SearchSpec, best: dict, path: storage.Location) -> None:
 
 
 def table(summary: dict) -> str:
+    """The ranked trials, one line each (trial numbers as the console's event lines say them); val_acc is on
+    the validation split; to_target_s for a time objective."""
     rows = summary["trials"]
     keys = sorted({k for r in rows for k in r["params"]})
-    head = ["rank", *keys, "epochs", "val_acc", "to_target_s", "train_s", "status"]
+    timed = bool((summary.get("objective") or {}).get("time_to_target"))
+    head = ["rank", "trial", *keys, "epochs", "val_acc", *(["to_target_s"] if timed else []), "train_s", "status"]
     lines = [head]
     for r in rows:
         fmt = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
-        lines.append([str(r["rank"]), *[fmt(r["params"].get(k)) for k in keys], str(r["epochs"]), fmt(r["val_accuracy"]),
-                      fmt(r["time_to_target_s"]), fmt(r["elapsed_s"]), str(r["status"])[:48]])
+        lines.append([str(r["rank"]), labels.trial_name(r["trial_id"]).removeprefix("trial "),
+                      *[fmt(r["params"].get(k)) for k in keys], str(r["epochs"]), fmt(r["val_accuracy"]),
+                      *([fmt(r["time_to_target_s"])] if timed else []), fmt(r["elapsed_s"]), str(r["status"])[:48]])
     widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
-    out = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in lines]
+    out = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(out)

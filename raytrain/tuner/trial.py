@@ -39,7 +39,7 @@ def run_trial(config: dict, raw: dict, search_json: str, source: str, run_uri: s
     from raytrain.plan import RunPlan
 
     started = time.monotonic()
-    console.attach()
+    console.attach(logging.INFO if console.is_verbose() else logging.WARNING)  # the driver says one line per event
     _ray_compat.quiet_tune_checkpoint_log()
     spec = SearchSpec(raw, SearchConfig.model_validate_json(search_json), source)
     clock = RungClock(spec.search)

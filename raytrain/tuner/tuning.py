@@ -23,9 +23,11 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
+from raytrain import console
 from raytrain.errors import UserError
 from raytrain.runtime import check_fits, needed
 from raytrain.storage import Location
+from raytrain.tuner import events, labels
 from raytrain.tuner.spec import RungClock, SearchConfig, SearchSpec
 from raytrain.tuner.trial import trainable
 
@@ -97,13 +99,15 @@ def build_tuner(spec: SearchSpec, run_dir: Location, concurrent: int, resume: bo
                                     search_alg=seeded_search(spec, concurrent),
                                     reuse_actors=s.trial.in_trial),  # a trial process serves the next trial
         run_config=tune.RunConfig(name=TUNE_DIR, storage_path=path, storage_filesystem=fs,
-                                  verbose=1,  # Tune's status table and one line per trial; no per-result boxes
+                                  # raytrain's one line per trial event; Tune's status tables with --verbose
+                                  verbose=1 if console.is_verbose() else 0,
                                   failure_config=tune.FailureConfig(max_failures=0),
                                   # every trial checkpoint is kept: with num_to_keep, a driver killed between
                                   # Tune deleting an old checkpoint and snapshotting its state resumes a trial
                                   # from a checkpoint that no longer exists (seen on S3)
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-                                  callbacks=[TBXLoggerCallback(), CSVLoggerCallback(), JsonLoggerCallback()]),
+                                  callbacks=[TBXLoggerCallback(), CSVLoggerCallback(), JsonLoggerCallback(),
+                                             events.EventLines(s.asha.max_t, s.objective.time_to_target)]),
     )
 
 
@@ -204,14 +208,8 @@ def collect(spec: SearchSpec, grid) -> list[dict]:
         trained = float(m.get("trained_epochs", epochs) or 0.0)
         if r.error is not None:
             status = f"error: {str(r.error).strip().splitlines()[-1][:160]}"
-        elif m.get("stop_reason"):
-            status = m["stop_reason"]
-        elif m.get("probe"):
-            status = f"stopped by ASHA at {m['elapsed_s']:.1f} s of training ({trained:.2f} epochs)"
-        elif epochs < spec.search.asha.max_t:
-            status = f"stopped by ASHA after epoch {epochs}"
         else:
-            status = "completed"
+            status = labels.status({**m, "trained_epochs": trained}, epochs, spec.search.asha.max_t)
         rows.append({"trial_id": m.get("trial_id") or Path(r.path).name, "params": params, "status": status,
                      "epochs": epochs, "trained_epochs": round(trained, 3), "val_accuracy": m.get("val_accuracy"),
                      "val_loss": m.get("val_loss"), "elapsed_s": m.get("elapsed_s"), "time_to_target_s": m.get("time_to_target_s"),
