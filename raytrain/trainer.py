@@ -67,7 +67,7 @@ def check_model_fits(exp: Experiment, info: data_mod.DataInfo, factory: Optional
     if info.n_train < exp.parallel.workers:
         raise UserError(f"parallel.workers {exp.parallel.workers}: more workers than training examples ({info.n_train})")
     m = exp.model
-    model = check_model(m.name, info.in_shape, info.num_classes, m.width, m.dropout, factory=factory)
+    model = check_model(m.name, info.in_shape, info.num_classes, m.width, m.dropout, factory=factory, kwargs=m.kwargs)
     if exp.pruning.method != "none":
         check_supported(model, exp.pruning.method, torch.zeros(1, *info.in_shape))
     pp = exp.parallel.pipeline
@@ -172,6 +172,7 @@ def run(exp: Experiment, resume: Optional[str] = None, launch: Optional[float] =
         "error": error, "wall_s": time.time() - launch, "final": metrics, "mode": plan.mode, "ingest": info.ingest,
         "checkpoint": checkpoint or _last_checkpoint(run_dir), "metrics_log": (run_dir / ckpt.METRICS).uri,
         "config": exp.model_dump(mode="json"), "first_step_s": first.get("first_step_s"), "ray": ray,
+        "classes": info.classes,
         "startup": startup_breakdown(launch, marks, first, plan.mode, on_ray),
         "startup_side_by_side": {k: round(t - launch, 2) for k, t in (("ray_init", prep.ray_up_at),
                                  ("imports_and_checks", prep.checked_at)) if t},

@@ -83,7 +83,7 @@ def warn_if_sorted(src: StreamSource, exp: Experiment) -> None:
 
     label, one_class, groups, ordered = src.columns[1], 0, 0, False
     for meta in footers(src.fs, src.train):
-        col = meta.schema.to_arrow_schema().get_field_index(label)
+        col = next(i for i in range(meta.num_columns) if meta.schema.column(i).path == label)  # the label's leaf
         ranges = []
         for i in range(meta.num_row_groups):
             stats = meta.row_group(i).column(col).statistics
