@@ -14,6 +14,29 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
 
 
+class AugmentConfig(Strict):
+    """The standard speed-recipe augmentations, on the training split only, applied on the worker's device to
+    whole batches (`raytrain.techniques.augment`), seeded by (seed, epoch, rank)."""
+    crop: int = Field(0, ge=0)
+    """Random crop back to the image size after zero-padding each side by this many pixels (0: off)."""
+    flip: bool = False
+    """Random horizontal flip (half of the images)."""
+    resized_crop: Optional[tuple[float, float]] = None
+    """Random-resized crop: the area fraction's range, e.g. [0.35, 1.0] (aspect 3/4..4/3), resized back."""
+    cutout: int = Field(0, ge=0)
+    """Zero a random square of this side in each image (0: off)."""
+
+    @field_validator("resized_crop")
+    @classmethod
+    def _scale(cls, v):
+        if v is not None and not 0.0 < v[0] <= v[1] <= 1.0:
+            raise ValueError(f"needs 0 < min <= max <= 1 (got {list(v)})")
+        return v
+
+    def enabled(self) -> bool:
+        return bool(self.crop or self.flip or self.resized_crop or self.cutout)
+
+
 class DataConfig(Strict):
     """Which data, where it is, and how workers get it (materialised or streamed)."""
     dataset: Literal["digits", "mnist", "parquet", "images"] = "digits"
@@ -55,6 +78,8 @@ class DataConfig(Strict):
     is materialised."""
     stream_cpus: float = Field(1.0, gt=0.0)
     """stream: CPUs reserved for Ray Data's read and decode tasks beside the training workers."""
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    """Training-split augmentation (off by default), e.g. `{crop: 4, flip: true}`."""
     device_cache: Union[Literal["auto"], bool] = "auto"
     """Keep each worker's training shard on its device as stored (uint8 stays uint8) and cut shuffled
     batches there. auto: on a GPU when the shard fits in a quarter of its free memory; never on a CPU."""

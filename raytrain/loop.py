@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -30,10 +30,13 @@ class StepEnv:
     scale: float = 1.0
     mean: float = 0.0
     std: float = 1.0
+    augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # training batches only, before normalising
 
-    def inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        x = batch["x"].to(self.device, non_blocking=True).float()
-        x = (x * self.scale - self.mean) / self.std
+    def inputs(self, batch: dict, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        x = batch["x"].to(self.device, non_blocking=True).float() * self.scale
+        if train and self.augment is not None:
+            x = self.augment(x)
+        x = (x - self.mean) / self.std
         return to_input_format(x, self.channels_last), batch["y"].to(self.device, non_blocking=True).long()
 
     def synchronize(self) -> None:
@@ -94,7 +97,7 @@ def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, ste
             stepper.step()
 
     for batch in timed(batches, wait):
-        x, y = env.inputs(batch)
+        x, y = env.inputs(batch, train=True)
         with autocast(env.precision, env.device):
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y)

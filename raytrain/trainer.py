@@ -31,6 +31,7 @@ from raytrain.errors import UserError
 from raytrain.hosts import LocalHost, read_rows
 from raytrain.models import check_model
 from raytrain.plan import RunPlan
+from raytrain.techniques import augment
 from raytrain.techniques.pruning import check_supported
 
 log = logging.getLogger("raytrain")
@@ -70,6 +71,7 @@ def check_model_fits(exp: Experiment, info: data_mod.DataInfo, factory: Optional
     model = check_model(m.name, info.in_shape, info.num_classes, m.width, m.dropout, factory=factory, kwargs=m.kwargs)
     if exp.pruning.method != "none":
         check_supported(model, exp.pruning.method, torch.zeros(1, *info.in_shape))
+    augment.build(exp.data.augment, exp.seed, info.in_shape, torch.device("cpu"))  # images only: refused here
     pp = exp.parallel.pipeline
     if pp.stages > 1:  # more stages than blocks, unknown split names: refused before Ray starts
         from raytrain.parallel import pipeline  # torch.distributed.pipelining: ~0.9 s of imports, pipelines only

@@ -138,7 +138,7 @@ def _rebased(info: DataInfo, out: Path) -> DataInfo:
 
 
 def _cache_key(cfg: DataConfig, seed: int) -> str:
-    ident = cfg.model_dump(mode="json", exclude={"ingest", "materialize_max_mb", "stream_cpus", "device_cache"})
+    ident = cfg.model_dump(mode="json", exclude={"ingest", "materialize_max_mb", "stream_cpus", "device_cache", "augment"})
     ident["seed"] = None if cfg.dataset == "mnist" else seed  # official split: seed does not matter
     ident["files"] = [_stats(p) for p in (cfg.path, cfg.val_path) if p]
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]

@@ -14,7 +14,7 @@ from raytrain.loop import SchedulerStepper, StepEnv, evaluate, train_epoch
 from raytrain.models import model_from
 from raytrain.optim import build_optimizer
 from raytrain.state import TrainState
-from raytrain.techniques import prepare_model
+from raytrain.techniques import augment, prepare_model
 from raytrain.techniques import pruning as prune_mod
 from raytrain.techniques.early_stopping import EarlyStopper
 from raytrain.techniques.memory_format import wants_channels_last
@@ -37,7 +37,8 @@ class DataParallel:
         payload = restore(self.file_name)
         if payload is not None:  # the pruned structure first: DDP and the optimizer see the final parameters
             prune_mod.restore_structure(raw, payload["model"])
-        self.env = StepEnv(device, precision, channels_last, info.scale, info.mean, info.std)
+        self.env = StepEnv(device, precision, channels_last, info.scale, info.mean, info.std,
+                           augment.build(exp.data.augment, exp.seed, info.in_shape, device))
         self.raw = raw
         self.model = self._wrap(raw)
         optimizer = build_optimizer(raw, exp.train.optimizer)
@@ -73,6 +74,8 @@ class DataParallel:
 
     def train_epoch(self, epoch: int, on_step=None, limit: Optional[int] = None) -> dict:
         s = self.state
+        if self.env.augment is not None:
+            self.env.augment.reseed(epoch, self.host.rank)
         batches = self.data.train(epoch)
         if limit is not None:  # `epochs.warm_up`: the first steps only
             batches = itertools.islice(batches, limit)

@@ -25,6 +25,7 @@ from raytrain.parallel import pipeline as pl
 from raytrain.state import TrainState
 from raytrain.techniques.early_stopping import EarlyStopper
 from raytrain.techniques.precision import autocast, resolve_precision
+from raytrain.techniques import augment
 from raytrain.techniques.pruning import forward_flops
 from raytrain.techniques.schedule import build_scheduler
 
@@ -47,7 +48,8 @@ class Pipelined:
         del model  # parts of other stages are freed here: each rank keeps only its own shard
         self.file_name = stage_file(mesh.pp_rank)
         payload = restore(self.file_name)
-        self.env = StepEnv(device, precision, False, info.scale, info.mean, info.std)
+        self.env = StepEnv(device, precision, False, info.scale, info.mean, info.std,
+                           augment.build(exp.data.augment, exp.seed, info.in_shape, device))
         optimizer = build_optimizer(torch.nn.ModuleList(self.pipe.parts), exp.train.optimizer)
         steps = plan.steps_per_epoch
         scheduler = build_scheduler(optimizer, exp.train.schedule, exp.train.epochs, steps, exp.train.optimizer.lr)
@@ -89,6 +91,8 @@ class Pipelined:
         """`on_step(step, clock)` as in `loop.train_epoch` (progress only: rungs on seconds are one-worker)."""
         s, env, bs, steps = self.state, self.env, self.exp.per_worker_batch, self.plan.steps_per_epoch
         started = time.perf_counter()
+        if env.augment is not None:  # one order and one draw per epoch, shared by every group's first stage
+            env.augment.reseed(epoch, 0)
         batches = self._batches("train", epoch)
         wait = [0.0]
         it = iter(timed(batches, wait)) if batches is not None else None
@@ -98,7 +102,7 @@ class Pipelined:
         for step in range(steps):
             x = y = None
             if it is not None:
-                x, y = env.inputs(next(it))
+                x, y = env.inputs(next(it), train=True)
             n, labels = pl.share_batch(self.pipe.mesh, y, bs, env.device)
             s.optimizer.zero_grad(set_to_none=True)
             with autocast(env.precision, env.device):
