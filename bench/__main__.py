@@ -10,7 +10,7 @@ import time
 
 from bench.common import RESULTS, ROOT, load
 
-SECTIONS = ["startup", "mnist", "foundation", "search", "headline_asha", "asha_pick", "rungs", "trials", "asha", "ablation", "storage",
+SECTIONS = ["startup", "no_ray_tax", "shuffle", "mnist", "foundation", "search", "headline_asha", "asha_pick", "rungs", "trials", "asha", "ablation", "storage",
             "streaming", "images", "pipeline", "gpu"]
 DEFAULT = "startup,mnist,foundation"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"

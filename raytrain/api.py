@@ -139,7 +139,7 @@ def train(exp: Union[Experiment, PathLike], *, model: Optional[Callable] = None,
     from raytrain import trainer
 
     if trainer.without_ray(exp, datasets):  # one worker, materialised data, this machine: no Ray to start
-        with runtime.preserved(), console.attached(verbose), runtime.sigterm_as_interrupt():
+        with runtime.preserved(), console.attached(verbose, ray=False), runtime.sigterm_as_interrupt():
             s = trainer.run(exp, resume, launch, factory=model, ray="none")
         return _run_result(s)
     with runtime.preserved(), console.attached(verbose):

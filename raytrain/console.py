@@ -66,14 +66,15 @@ def quiet_process() -> None:
 
 
 @contextmanager
-def attached(verbose: Optional[bool] = None):
+def attached(verbose: Optional[bool] = None, ray: bool = True):
     """The handler for the duration of a call, and the call's verbosity (None: as RAYTRAIN_VERBOSE says);
-    the logger, loggers quieted and environment are left as they were found."""
+    the logger, loggers quieted and environment are left as they were found. `ray=False`: a call that uses no
+    Ray (nothing of Ray's to quiet, and Ray is not imported to do it)."""
     chosen = is_verbose() if verbose is None else verbose
     with ExitStack() as undo:
         undo.enter_context(_env({VERBOSE_ENV: "1" if chosen else "0",
                                  **(_ray_compat.VERBOSE_ENV if chosen else _ray_compat.QUIET_ENV)}))
-        if not chosen:
+        if not chosen and ray:
             undo.enter_context(_quiet_driver())
         if not any(h.get_name() == "raytrain-console" for h in LOGGER.handlers):
             level, propagate, h = LOGGER.level, LOGGER.propagate, _handler()

@@ -12,7 +12,6 @@ from typing import Optional
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raytrain.config import DataConfig
@@ -21,6 +20,8 @@ from raytrain.errors import UserError
 
 def label_classes(col: pa.ChunkedArray, name: str) -> Optional[list]:
     """The sorted distinct names of a string label column (None for integer ids)."""
+    import pyarrow.compute as pc  # imported when a label column is read (a run with no Ray skips it)
+
     col = plain(col)
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
         return None
@@ -44,6 +45,8 @@ def class_count(cfg: DataConfig, classes: Optional[list], where: str) -> Optiona
 def stream_classes(fs, train: list[str], val: list[str], label: str) -> list:
     """The sorted names in the training files' label column (read alone, every file); a validation file
     holding another name is refused."""
+    import pyarrow.compute as pc  # imported when a label column is read (a run with no Ray skips it)
+
     def names(path: str) -> set:
         with fs.open_input_file(path) as f:
             col = pq.read_table(f, columns=[label]).column(label)
@@ -74,6 +77,8 @@ def plain(col: pa.ChunkedArray) -> pa.ChunkedArray:
 
 def labels(col: pa.ChunkedArray, name: str, classes: Optional[list] = None) -> np.ndarray:
     """int64 class ids: integer ids as they are (checked), names as their index in `classes`."""
+    import pyarrow.compute as pc  # imported when a label column is read (a run with no Ray skips it)
+
     if col.null_count:
         raise UserError(f"data.label: column {name!r} has {col.null_count} null values")
     col = plain(col)

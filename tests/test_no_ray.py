@@ -1,0 +1,66 @@
+"""No Ray tax: a one-worker run of materialised data on this machine starts no Ray, imports none of Ray, Tune,
+pyarrow.compute or matplotlib, resumes, and trains exactly like the same run in a Ray Train worker group."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import make_exp, metric_rows, run_cli, write_yaml
+
+PROBE = """
+import json, sys
+import raytrain
+exp = raytrain.load_experiment(sys.argv[1])
+r = raytrain.train(exp)
+heavy = sorted({m for m in sys.modules if m.split(".")[0] in ("ray", "matplotlib") or m == "pyarrow.compute"})
+print(json.dumps({"status": r.status, "ray": r.summary["ray"], "mode": r.mode, "run_dir": r.run_dir,
+                  "startup": r.startup, "heavy": heavy}))
+"""
+
+
+def _env() -> dict:
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+
+@pytest.fixture
+def exp_file(tmp_path, exp_dict):
+    exp_dict["train"]["epochs"] = 3
+    return write_yaml(tmp_path / "e.yaml", exp_dict)
+
+
+def test_a_one_worker_run_imports_no_ray_and_resumes(tmp_path, exp_file):
+    r = subprocess.run([sys.executable, "-c", PROBE, str(exp_file)], capture_output=True, text=True, timeout=240,
+                       env=_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["status"] == "completed" and got["ray"] == "none" and got["mode"] == "in-process", got
+    assert got["heavy"] == [], got["heavy"]
+    assert {"imports", "data_prepare", "data_into_memory", "model_setup", "first_batch_and_step"} <= set(got["startup"])
+    run = got["run_dir"]
+    more = run_cli([sys.executable, "-m", "raytrain", "train", str(exp_file), "--resume", run, "--set", "train.epochs=4"],
+                   timeout=240, env=_env())
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert [row["epoch"] for row in metric_rows(run)] == [1, 2, 3, 4]
+    assert json.loads((tmp_path / "runs" / "t" / os.path.basename(run) / "result.json").read_text())["ray"] == "none"
+
+
+def test_no_ray_and_a_worker_group_train_alike(ray_local, tmp_path, exp_file, exp_dict):
+    """The same seed on both paths: the same examples in the same order, the same metrics."""
+    from raytrain import trainer
+
+    r = run_cli([sys.executable, "-m", "raytrain", "train", str(exp_file), "--summary-json", str(tmp_path / "a.json")],
+                timeout=240, env=_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    alone = json.loads((tmp_path / "a.json").read_text())
+    group = trainer.run(make_exp(exp_dict, parallel__isolate=True), ray="existing")
+    assert alone["ray"] == "none" and group["mode"] == "worker-group", (alone["ray"], group["mode"])
+    a, g = metric_rows(alone["run_dir"]), metric_rows(group["run_dir"])
+    assert len(a) == len(g) == 3
+    for x, y in zip(a, g):
+        for key in ("train_loss", "val_loss", "val_accuracy", "train_accuracy"):
+            assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), (key, x["epoch"], x[key], y[key])
