@@ -106,3 +106,24 @@ def forwarded_lines(transform):
             dispatcher.emit = emit
         else:
             del dispatcher.emit
+
+
+# Ray Data's fixed-shape tensor column (ArrowTensorTypeV2) as it is stored: a large_list of the flattened values
+# per row, tagged in the field's metadata. Written from here, a cache file gets Ray's column type without
+# importing Ray (a run with no Ray writes the cache too); Ray reads it back as its own extension type
+# (tests/test_ray_compat.py checks this against ArrowTensorArray.from_numpy).
+TENSOR_EXTENSION_NAME = b"ray.data.arrow_tensor_v2"
+
+
+def tensor_field(name: str, x):
+    """(pyarrow field, storage array) holding `x` (N, *shape) as Ray Data's tensor column."""
+    import numpy as np
+    import pyarrow as pa
+
+    x = np.ascontiguousarray(x)
+    per = int(np.prod(x.shape[1:]))
+    offsets = pa.array(np.arange(len(x) + 1, dtype=np.int64) * per)
+    storage = pa.LargeListArray.from_arrays(offsets, pa.array(x.reshape(-1)))
+    meta = {b"ARROW:extension:name": TENSOR_EXTENSION_NAME,
+            b"ARROW:extension:metadata": str(list(x.shape[1:])).encode()}
+    return pa.field(name, storage.type, metadata=meta), storage

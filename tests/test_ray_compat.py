@@ -106,13 +106,33 @@ def test_forwarded_lines_pass_through_rays_dispatcher_while_inside():
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
     seen = []
+    # A batch as Ray's log monitor sends it: a Ray session of the test process (ray_local) has its own print
+    # handler on this dispatcher too, and reads these keys.
+    batch = {"ip": "127.0.0.1", "pid": "autoscaler", "job": "", "is_err": False, "actor_name": "", "task_name": ""}
     dispatcher.add_handler("raytrain-test", seen.append)
     try:
         with _ray_compat.forwarded_lines(lambda b: {**b, "lines": [ln for ln in b["lines"] if ln != "drop"]}):
-            dispatcher.emit({"pid": 1, "lines": ["keep", "drop"]})
-            dispatcher.emit({"pid": 1, "lines": ["drop"]})  # nothing left: not emitted
-        dispatcher.emit({"pid": 1, "lines": ["drop"]})
+            dispatcher.emit({**batch, "lines": ["keep", "drop"]})
+            dispatcher.emit({**batch, "lines": ["drop"]})  # nothing left: not emitted
+        dispatcher.emit({**batch, "lines": ["drop"]})
     finally:
         dispatcher.remove_handler("raytrain-test")
     assert [b["lines"] for b in seen] == [["keep"], ["drop"]]
     assert "emit" not in vars(dispatcher)
+
+
+def test_the_tensor_column_written_without_ray_reads_back_as_rays_own(tmp_path):
+    """raytrain writes its cache's tensor column without importing Ray; Ray Data must read it as its own type."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray.data
+    from ray.data.extensions import ArrowTensorArray
+
+    x = np.arange(5 * 2 * 3 * 3, dtype=np.uint8).reshape(5, 2, 3, 3)
+    field, column = _ray_compat.tensor_field("x", x)
+    pq.write_table(pa.Table.from_arrays([column], schema=pa.schema([field])), tmp_path / "t.parquet")
+    back = pq.read_table(tmp_path / "t.parquet").column("x")
+    assert back.type == ArrowTensorArray.from_numpy(x).type
+    assert np.array_equal(back.chunk(0).to_numpy(), x)
+    assert np.array_equal(ray.data.from_arrow(pq.read_table(tmp_path / "t.parquet")).take_batch(5)["x"], x)

@@ -160,9 +160,11 @@ def _stats(path: str) -> list:
 
 
 def _write(path: Path, x: np.ndarray, y: np.ndarray) -> None:
-    from ray.data.extensions import ArrowTensorArray  # Ray's tensor column: one contiguous buffer, shape in the type
+    from raytrain._ray_compat import tensor_field  # Ray Data's tensor column, written without importing Ray
 
-    table = pa.table({"x": ArrowTensorArray.from_numpy(np.ascontiguousarray(x)), "y": pa.array(y.astype(np.int64))})
+    field, column = tensor_field("x", x)
+    table = pa.Table.from_arrays([column, pa.array(y.astype(np.int64))],
+                                 schema=pa.schema([field, pa.field("y", pa.int64())]))
     pq.write_table(table, path, row_group_size=8192)
     # The same arrays as .npy beside it: a run with no Ray loads them in one read (raytrain.data.memory).
     np.save(path.with_suffix(".x.npy"), np.ascontiguousarray(x))
