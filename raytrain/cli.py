@@ -219,6 +219,10 @@ def _print_summary(s: dict) -> None:
         print(f"throughput  {m['samples_per_s']:.0f} samples/s, {m['step_ms']:.1f} ms/step, precision {m['precision']}")
     if "time_to_target_s" in m:
         print(f"to target   {m['time_to_target_s']:.1f} s ({m['time_to_target_epochs']} epochs of training)")
+    elif missed_target(s):
+        metric, target = missed_target(s)
+        print(f"to target   NOT REACHED: {metric} {m[metric]:.4f} < target {target:g} (the recipe claims it; more "
+              f"epochs or another seed may be needed)")
     if "params_total" in m:
         flops = f", {m['flops_per_sample'] / 1e6:.2f} MFLOPs/sample forward" if m.get("flops_per_sample") else ""
         stages = f" (per stage: {', '.join(f'{n:,}' for n in m['stage_params'])})" if m.get("stage_params") else ""
@@ -233,6 +237,16 @@ def _print_summary(s: dict) -> None:
                                                                 for k, v in side.items()) + ")")
     print(f"checkpoint  {s['checkpoint']}")
     print(f"logs        {s['metrics_log']}  (summary: {s['run_dir']}/result.json)")
+
+
+def missed_target(s: dict):
+    """(metric, target) when the run set an early-stopping target and ended without reaching it, else None."""
+    stop = ((s.get("config") or {}).get("train") or {}).get("early_stopping") or {}
+    metric, target = stop.get("metric"), stop.get("target")
+    final = s.get("final") or {}
+    if target is None or metric not in final or "time_to_target_s" in final or s.get("status") == "failed":
+        return None
+    return metric, target
 
 
 def entry() -> None:

@@ -180,3 +180,13 @@ def test_demo_search_prints_a_screenful(tmp_path, starts_ray):
     assert sum(ln.startswith("[raytrain] trial ") and (" finished at epoch " in ln or " stopped by ASHA " in ln)
                for ln in lines) == 6, "\n".join(lines)
     assert "== raytrain search ==" in lines and any(ln.startswith("next: raytrain train runs/") for ln in lines)
+
+
+def test_a_run_that_misses_its_recipes_target_says_so():
+    from raytrain.cli import missed_target
+
+    cfg = {"train": {"early_stopping": {"metric": "val_accuracy", "mode": "max", "target": 0.99}}}
+    assert missed_target({"config": cfg, "final": {"val_accuracy": 0.9899}, "status": "completed"}) == ("val_accuracy", 0.99)
+    assert missed_target({"config": cfg, "final": {"val_accuracy": 0.991, "time_to_target_s": 3.0}, "status": "target"}) is None
+    assert missed_target({"config": {"train": {"early_stopping": None}}, "final": {"val_accuracy": 0.5}}) is None
+    assert missed_target({"config": cfg, "final": {}, "status": "failed"}) is None
