@@ -94,7 +94,7 @@ def test_a_run_with_augmentation_trains(tmp_path):
     exp = {"name": "aug", "seed": 0, "data": {"dataset": "digits", "upscale": 2,
                                               "augment": {"crop": 2, "flip": False, "cutout": 2}},
            "model": {"name": "cnn", "width": 0.5}, "output": str(tmp_path / "runs"),
-           "train": {"epochs": 3, "batch_size": 32, "optimizer": {"name": "adamw", "lr": 0.003}, "precision": "fp32"},
+           "train": {"epochs": 2, "batch_size": 32, "optimizer": {"name": "adamw", "lr": 0.003}, "precision": "fp32"},
            "parallel": {"workers": 1, "cpus_per_worker": 1}}
     out = tmp_path / "s.json"
     r = run_cli([sys.executable, "-m", "raytrain", "train", str(write_yaml(tmp_path / "a.yaml", exp)),

@@ -34,7 +34,7 @@ def _exp(tmp_path: Path, train: Path, val: Path, **parallel) -> dict:
     return {"name": train.stem, "seed": 0,
             "data": {"dataset": "parquet", "path": str(train), "val_path": str(val), "shape": [1, 8, 8]},
             "model": {"name": "mlp", "width": 0.5},
-            "train": {"epochs": 4, "batch_size": 32, "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+            "train": {"epochs": 3, "batch_size": 32, "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
                       "precision": "fp32"},
             "parallel": {"workers": 1, "cpus_per_worker": 1, **parallel}, "output": str(tmp_path / "runs")}
 
@@ -84,7 +84,7 @@ def test_sorted_data_trains_like_shuffled_data_in_a_ddp_group(ray_local, tmp_pat
     train = _digits_parquet(tmp_path / "train-sorted.parquet", "sorted", slice(0, 1400))
     s = trainer.run(make_exp(_exp(tmp_path, train, val, workers=2)), ray="existing")
     assert s["status"] == "completed" and s["mode"] == "worker-group", s
-    assert s["final"]["val_accuracy"] > 0.85, [r["val_accuracy"] for r in metric_rows(s["run_dir"])]
+    assert s["final"]["val_accuracy"] > 0.8, [r["val_accuracy"] for r in metric_rows(s["run_dir"])]
 
 
 def test_a_stream_stored_sorted_by_label_is_reported(tmp_path, caplog):
