@@ -73,8 +73,8 @@ def _nbytes(a: Arrays) -> int:
 def use_device_cache(setting, nbytes: int, device: torch.device, gpus_per_worker: float = 1.0) -> bool:
     """Whether a split of `nbytes` is kept on the training device: as set, or (auto) on a GPU when it fits in
     CACHE_FRACTION of the free memory this worker's share of the GPU has."""
-    if setting is False or device.type != "cuda":
-        return setting is True and device.type == "cuda"
+    if setting is False or device.type != "cuda":  # on a CPU the training device is host memory already
+        return False
     if setting is True:
         return True
     free, _ = torch.cuda.mem_get_info(device)

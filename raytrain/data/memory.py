@@ -106,15 +106,3 @@ class InMemory:
         """Every example once, in stored order (evaluation)."""
         for i in range(0, len(self), batch):
             yield {"x": self.x[i:i + batch], "y": self.y[i:i + batch]}
-
-
-def sorted_runs(labels: np.ndarray) -> bool:
-    """Whether labels come in long runs of one class (sorted, or class by class): fewer label changes than
-    a tenth of what a shuffled order of the same labels would show."""
-    if len(labels) < 100:
-        return False
-    changes = int(np.count_nonzero(labels[1:] != labels[:-1]))
-    _, counts = np.unique(labels, return_counts=True)
-    p = counts / counts.sum()
-    expected = (len(labels) - 1) * (1.0 - float((p * p).sum()))
-    return expected > 0 and changes < 0.1 * expected
