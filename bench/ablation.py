@@ -28,12 +28,12 @@ GOALS = {"bf16+channels_last": "≤0.35×", "auto (default)": "≤0.35×", "stru
 
 
 def run(epochs: int = 24) -> dict:
-    from raytrain import runtime, trainer
+    from raytrain import runtime, driver
 
     out = {}
     with runtime.ray_session(num_cpus=2):
         for label, patch in CONFIGS.items():
-            s = trainer.run(experiment(train__epochs=epochs, parallel__cpus_per_worker=2, **{**BASE, **patch}))
+            s = driver.run(experiment(train__epochs=epochs, parallel__cpus_per_worker=2, **{**BASE, **patch}))
             r = rows_of(s)
             out[label] = {"step_ms": steady([x["step_ms"] for x in r]), "val_accuracy": s["final"]["val_accuracy"],
                           "params_nonzero": s["final"].get("params_nonzero"), "flops": s["final"].get("flops_per_sample"),

@@ -14,9 +14,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from raytrain.data import prepare
+from raytrain.data.prepare import prepare
 from raytrain.storage import local_cache_root
-from raytrain.loop import SchedulerStepper, StepEnv, train_epoch
+from raytrain.epoch import SchedulerStepper, StepEnv, train_epoch
 from raytrain.models import build_model
 from raytrain.optim import build_optimizer
 from raytrain.parallel.spawn import run_ranks

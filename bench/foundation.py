@@ -16,9 +16,9 @@ from bench.common import bench_data, experiment, rows_of, steady
 
 
 def plain_pytorch_samples_per_s(exp, threads: int) -> float:
-    """The same loop (raytrain.loop.train_epoch) on the same Parquet data, no Ray, `threads` threads."""
-    from raytrain.data import prepare
-    from raytrain.loop import SchedulerStepper, StepEnv, train_epoch
+    """The same loop (raytrain.epoch.train_epoch) on the same Parquet data, no Ray, `threads` threads."""
+    from raytrain.data.prepare import prepare
+    from raytrain.epoch import SchedulerStepper, StepEnv, train_epoch
     from raytrain.models import build_model
     from raytrain.optim import build_optimizer
     from raytrain.storage import local_cache_root
@@ -49,7 +49,7 @@ def plain_pytorch_samples_per_s(exp, threads: int) -> float:
 
 
 def run() -> dict:
-    from raytrain import runtime, trainer
+    from raytrain import runtime, driver
 
     data = bench_data()
     epochs = 1 if data["dataset"] == "mnist" else 4  # one 60k-example epoch is steady state already
@@ -58,8 +58,8 @@ def run() -> dict:
     ddp1, ddp2 = ddp_ceiling.samples_per_s(exp1, 1), ddp_ceiling.samples_per_s(exp1, 2)  # no Ray: the machine's ceiling
     alone2 = ddp_ceiling.samples_per_s(exp1, 2, independent=True)  # no gradient exchange at all
     with runtime.ray_session(num_cpus=2):
-        one = rows_of(trainer.run(exp1))
-        two = rows_of(trainer.run(experiment(data=data, train__epochs=epochs, train__batch_size=128, parallel__workers=2)))
+        one = rows_of(driver.run(exp1))
+        two = rows_of(driver.run(experiment(data=data, train__epochs=epochs, train__batch_size=128, parallel__workers=2)))
     r1, r2 = steady([r["samples_per_s"] for r in one]), steady([r["samples_per_s"] for r in two])
     return {"task": f"cnn on {data['dataset']}, fp32, global batch 128, {epochs} epoch(s), 1 CPU per worker",
             "plain_pytorch_samples_per_s": plain, "ray_1worker_samples_per_s": r1, "ray_vs_plain": r1 / plain,

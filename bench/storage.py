@@ -14,9 +14,9 @@ EXP = {"model__name": "resnet", "model__width": 2.0, "train__epochs": 5, "train_
 
 def _run(output: str) -> dict:
     from raytrain import checkpoint as ckpt
-    from raytrain import storage, trainer
+    from raytrain import storage, driver
 
-    s = trainer.run(experiment(output=output, **EXP))
+    s = driver.run(experiment(output=output, **EXP))
     rows = rows_of(s)
     gaps = [b["since_launch_s"] - a["since_launch_s"] for a, b in zip(rows, rows[1:])]
     newest = ckpt.checkpoint_dirs(storage.resolve(s["run_dir"]) / ckpt.RUN_STORAGE)[0]

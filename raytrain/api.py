@@ -78,9 +78,9 @@ def _experiment(exp: Union[Experiment, PathLike]) -> Experiment:
 
 def validate(exp: Union[Experiment, PathLike], model: Optional[Callable] = None):
     """Check an experiment's storage, data and model without training; returns the data's `DataInfo`."""
-    from raytrain import trainer
+    from raytrain import driver
 
-    return trainer.preflight(_experiment(exp), model).info
+    return driver.preflight(_experiment(exp), model).info
 
 
 def _check_storage(output: str, resume: Optional[PathLike]) -> None:
@@ -92,10 +92,10 @@ def _check_storage(output: str, resume: Optional[PathLike]) -> None:
 
 
 def _preflight(exp: Experiment, model: Optional[Callable]):
-    from raytrain import trainer  # torch, Ray Train, Ray Data: imported on this thread while Ray starts
+    from raytrain import driver  # torch, Ray Train, Ray Data: imported on this thread while Ray starts
 
-    prepared = trainer.preflight(exp, model)
-    trainer.warm_up()
+    prepared = driver.preflight(exp, model)
+    driver.warm_up()
     prepared.checked_at = time.time()
     return prepared
 
@@ -136,11 +136,11 @@ def train(exp: Union[Experiment, PathLike], *, model: Optional[Callable] = None,
         from raytrain.modelfile import resumed
 
         exp = resumed(exp, str(resume), model)
-    from raytrain import trainer
+    from raytrain import driver
 
-    if trainer.without_ray(exp, datasets):  # one worker, materialised data, this machine: no Ray to start
+    if driver.without_ray(exp, datasets):  # one worker, materialised data, this machine: no Ray to start
         with runtime.preserved(), console.attached(verbose, ray=False), runtime.sigterm_as_interrupt():
-            s = trainer.run(exp, resume, launch, factory=model, ray="none")
+            s = driver.run(exp, resume, launch, factory=model, ray="none")
         return _run_result(s)
     with runtime.preserved(), console.attached(verbose):
         # The data and model checks need no cluster and ray.init mostly waits for the processes it starts:
@@ -155,7 +155,7 @@ def train(exp: Union[Experiment, PathLike], *, model: Optional[Callable] = None,
             url = runtime.dashboard_url()
             if url and kind == "embedded":
                 console.LOGGER.info(f"Ray dashboard: {url}")
-            s = trainer.run(exp, resume, launch, prepared=prepared, factory=model, datasets=datasets, ray=kind)
+            s = driver.run(exp, resume, launch, prepared=prepared, factory=model, datasets=datasets, ray=kind)
     return _run_result(s)
 
 

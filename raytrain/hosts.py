@@ -1,6 +1,6 @@
 """Where the per-worker loop runs, and the only module of it that knows Ray Train or Tune.
 
-The loop (`raytrain.epochs`) asks its host for: rank and world, the device, a dataset by name, the
+The loop (`raytrain.loop`) asks its host for: rank and world, the device, a dataset by name, the
 checkpoint to resume from (the one Ray or Tune registered, plus the storage to list older ones in),
 and `report(metrics, files)`. Three hosts:
   * TrainHost  - a Ray Train worker (worker groups: DDP, pipelines, `parallel.isolate`); Ray Train

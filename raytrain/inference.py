@@ -132,7 +132,7 @@ def cache_batches(path: str, in_shape: tuple):
 def _val_split(run_dir: str, exp: Experiment, cfg: DataConfig, clf):
     """The validation split of `cfg` (the run's data unless overridden), as training held it out; decoded data
     is cached where training cached it (beside `<output>`, the run folder's grandparent), wherever this runs."""
-    from raytrain import data
+    from raytrain.data import prepare as data
 
     output = str(Path(run_dir).resolve().parent.parent) if not storage.is_uri(run_dir) else exp.output
     cache = storage.local_cache_root(output) / "data"

@@ -27,7 +27,7 @@ from torch import nn
 from raytrain import checkpoint as ckpt
 from raytrain import storage
 from raytrain.config import Experiment, ModelConfig
-from raytrain.data import DataInfo
+from raytrain.data.prepare import DataInfo
 from raytrain.errors import UserError
 from raytrain.models import model_from
 from raytrain.techniques import pruning

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from raytrain.config import Experiment
-from raytrain.data import DataInfo
+from raytrain.data.prepare import DataInfo
 
 
 @dataclass

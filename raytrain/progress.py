@@ -2,7 +2,7 @@
 output is a terminal, else a plain line every `RAYTRAIN_PROGRESS_S` seconds (10 by default: CI logs,
 `ray job submit`, a Ray worker's output). Short epochs print nothing extra; nothing is printed per step.
 
-It runs after every step (`loop.train_epoch`'s `on_step`), so it only reads a clock and compares.
+It runs after every step (`epoch.train_epoch`'s `on_step`), so it only reads a clock and compares.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ from typing import Any, Optional
 import torch
 
 from raytrain.config import Experiment
-from raytrain.data import DataInfo
-from raytrain.loop import SchedulerStepper
+from raytrain.data.prepare import DataInfo
+from raytrain.epoch import SchedulerStepper
 from raytrain.techniques.early_stopping import EarlyStopper
 from raytrain.techniques.pruning import PruningSchedule, refresh_masked_weights
 

@@ -12,7 +12,7 @@ import torch
 from helpers import run_cli, write_yaml
 from raytrain.config_data import AugmentConfig
 from raytrain.errors import UserError
-from raytrain.loop import StepEnv
+from raytrain.epoch import StepEnv
 from raytrain.techniques import augment as aug
 
 

@@ -202,13 +202,13 @@ def test_bad_input_one_line_exit_2(name, tmp_path, capsys, earlier_run):
 @pytest.fixture(scope="module")
 def real_run(ray_local, tmp_path_factory):
     """A real finished run (one epoch, in-process): every case below must leave it exactly as it was."""
-    from raytrain import trainer
+    from raytrain import driver
     from raytrain.configio import load_experiment
 
     root = tmp_path_factory.mktemp("real")
     exp = root / "exp.yaml"
     exp.write_text(yaml.safe_dump({**EXP, "output": str(root / "runs")}))
-    summary = trainer.run(load_experiment(exp))
+    summary = driver.run(load_experiment(exp))
     assert summary["status"] == "completed", summary
     return root, Path(summary["run_dir"]), exp
 

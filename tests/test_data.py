@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raytrain.config import DataConfig
-from raytrain.data import MNIST_FILES, load_mnist, prepare
+from raytrain.data.prepare import MNIST_FILES, load_mnist, prepare
 from raytrain.errors import UserError
 
 

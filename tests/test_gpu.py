@@ -21,9 +21,9 @@ GPU = {"parallel__use_gpu": True, "model__name": "cnn", "model__width": 0.5, "tr
 
 
 def _run(exp_dict, **patch):
-    from raytrain import trainer
+    from raytrain import driver
 
-    s = trainer.run(make_exp(exp_dict, **{**GPU, **patch}))
+    s = driver.run(make_exp(exp_dict, **{**GPU, **patch}))
     assert s["status"] == "completed", s
     return s
 
@@ -69,7 +69,7 @@ def test_gradual_magnitude_pruning_on_the_gpu(ray_local, exp_dict):
 
 
 def test_gpu_checkpoint_resumes_and_exports_on_the_cpu(ray_local, exp_dict, tmp_path):
-    from raytrain import trainer
+    from raytrain import driver
     from raytrain.cli import main
 
     first = _run(exp_dict)
@@ -77,10 +77,10 @@ def test_gpu_checkpoint_resumes_and_exports_on_the_cpu(ray_local, exp_dict, tmp_
     assert main(["export", first["run_dir"], "--out", str(out)]) == 0
     weights = torch.load(out, weights_only=True)
     assert all(t.device.type == "cpu" for t in weights.values())
-    cpu = trainer.run(make_exp(exp_dict, **{**GPU, "parallel__use_gpu": False, "train__epochs": 3}),
+    cpu = driver.run(make_exp(exp_dict, **{**GPU, "parallel__use_gpu": False, "train__epochs": 3}),
                       resume=first["run_dir"])
     assert cpu["status"] == "completed" and [r["epoch"] for r in metric_rows(first["run_dir"])] == [1, 2, 3]
-    back = trainer.run(make_exp(exp_dict, **{**GPU, "train__epochs": 4}), resume=first["run_dir"])  # and back
+    back = driver.run(make_exp(exp_dict, **{**GPU, "train__epochs": 4}), resume=first["run_dir"])  # and back
     assert back["status"] == "completed"
 
 

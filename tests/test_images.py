@@ -17,7 +17,7 @@ from PIL import Image
 
 from helpers import make_exp
 from raytrain.config import DataConfig
-from raytrain.data import DataInfo, prepare, stream_source
+from raytrain.data.prepare import DataInfo, prepare, stream_source
 from raytrain.errors import UserError
 
 NAMES = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
@@ -208,7 +208,7 @@ def test_stream_sources_carry_what_every_task_decodes_with(digits, tmp_path):
 def test_auto_ingest_counts_images_decoded(digits, tmp_path):
     """data.ingest auto weighs encoded images by their decoded size (what the driver would hold), not their
     bytes on disk: 1,797 PNGs of 1x32x32 are 1.8 MB decoded, ~0.2 MB encoded."""
-    from raytrain.data import ingest_mode
+    from raytrain.data.prepare import ingest_mode
 
     x, y = digits
     path = _hf(x, y, tmp_path / "hf.parquet")
@@ -260,7 +260,7 @@ def test_train_on_an_imagefolder_records_its_classes(digits, tmp_path, capsys):
 @pytest.mark.parametrize("layout", ["parquet", "images"])
 def test_streamed_images_train(ray_local, exp_dict, digits, tmp_path, layout):
     """Streamed: Ray Data tasks decode PNG (Parquet files, or an ImageFolder tree's files) while training."""
-    from raytrain import trainer
+    from raytrain import driver
 
     x, y = digits
     if layout == "parquet":
@@ -273,6 +273,6 @@ def test_streamed_images_train(ray_local, exp_dict, digits, tmp_path, layout):
         data = {"dataset": "images", "path": str(_tree(x, y, tmp_path / "t"))}
     exp = make_exp(exp_dict, data={**data, "ingest": "stream"}, train__epochs=1,
                    train__optimizer={"name": "adamw", "lr": 0.005}, model__name="mlp")
-    s = trainer.run(exp)
+    s = driver.run(exp)
     assert s["status"] == "completed" and s["ingest"] == "stream", s
     assert s["final"]["val_accuracy"] > 0.8, s["final"]

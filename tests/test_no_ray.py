@@ -54,13 +54,13 @@ def test_a_one_worker_run_imports_no_ray_and_resumes(tmp_path, exp_file):
 
 def test_no_ray_and_a_worker_group_train_alike(ray_local, tmp_path, exp_file, exp_dict):
     """The same seed on both paths: the same examples in the same order, the same metrics."""
-    from raytrain import trainer
+    from raytrain import driver
 
     r = run_cli([sys.executable, "-m", "raytrain", "train", str(exp_file), "--summary-json", str(tmp_path / "a.json")],
                 timeout=240, env=_env())
     assert r.returncode == 0, r.stderr[-3000:]
     alone = json.loads((tmp_path / "a.json").read_text())
-    group = trainer.run(make_exp(exp_dict, parallel__isolate=True), ray="existing")
+    group = driver.run(make_exp(exp_dict, parallel__isolate=True), ray="existing")
     assert alone["ray"] == "none" and group["mode"] == "worker-group", (alone["ray"], group["mode"])
     a, g = metric_rows(alone["run_dir"]), metric_rows(group["run_dir"])
     assert len(a) == len(g) == 2

@@ -11,12 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from raytrain import data as data_mod
-from raytrain import trainer
+from raytrain.data import prepare as data_mod
+from raytrain import driver
 from raytrain.cli import main
 from helpers import make_exp
 from raytrain.errors import UserError
-from raytrain.loop import StepEnv
+from raytrain.epoch import StepEnv
 from raytrain.models import build_model
 
 PIPE = {"stages": 2, "microbatches": 4, "schedule": "1f1b"}
@@ -38,7 +38,7 @@ def _accuracy(model: torch.nn.Module, exp) -> float:
 
 
 def test_stage_checkpoints_resume_and_export(ray_local, exp_dict, tmp_path, capsys):
-    first = trainer.run(_exp(exp_dict, train__epochs=2))
+    first = driver.run(_exp(exp_dict, train__epochs=2))
     assert first["status"] == "completed", first
     run_dir = Path(first["run_dir"])
     files = sorted(p.name for p in Path(first["checkpoint"]).iterdir())
@@ -54,7 +54,7 @@ def test_stage_checkpoints_resume_and_export(ray_local, exp_dict, tmp_path, caps
     with pytest.warns(UserWarning, match="stage_1.pt: checksum mismatch"):
         assert main(["export", str(run_dir), "--out", str(tmp_path / "previous.pt")]) == 0
     assert f"from {previous}" in capsys.readouterr().out
-    second = trainer.run(_exp(exp_dict, train__epochs=3), resume=run_dir)
+    second = driver.run(_exp(exp_dict, train__epochs=3), resume=run_dir)
     assert second["status"] == "completed", second
     rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 2, 3]  # resumed after epoch 1, not from scratch
@@ -72,7 +72,7 @@ def test_stage_checkpoints_resume_and_export(ray_local, exp_dict, tmp_path, caps
 
 
 def test_failing_stage_fails_the_run_not_hangs(ray_local, exp_dict):
-    s = trainer.run(_exp(exp_dict, model__name="usermodels:failing_last_stage", parallel__max_failures=0,
+    s = driver.run(_exp(exp_dict, model__name="usermodels:failing_last_stage", parallel__max_failures=0,
                          parallel__pipeline__split=["3"]))
     assert s["status"] == "failed"
     assert "pipeline stage 1: RuntimeError: planted stage failure" in s["error"]
@@ -105,7 +105,7 @@ def test_pipeline_model_mismatch_refused_in_preflight(exp_dict, patch, msg):
                                 "train__batch_size": 64})
         msg = "8 stage(s) but the model has only 4 top-level blocks"
     with pytest.raises(UserError, match=msg.replace("(", r"\(").replace(")", r"\)")):
-        trainer.preflight(exp)
+        driver.preflight(exp)
 
 
 @pytest.mark.slow
@@ -127,7 +127,7 @@ def test_dp2_x_pp2_on_four_ray_workers_matches_one_process_after_a_step(ray_loca
     losses = []
     for parallel in ({"workers": 1}, {"workers": 4, "cpus_per_worker": 0.5,
                                       "pipeline": {"stages": 2, "microbatches": 2, "schedule": "gpipe"}}):
-        s = trainer.run(make_exp({**base, "parallel": parallel}))
+        s = driver.run(make_exp({**base, "parallel": parallel}))
         assert s["status"] == "completed", s
         final = s["final"]
         losses.append(final["val_loss"])

@@ -17,7 +17,7 @@ import pytest
 
 from raytrain import checkpoint as ckpt
 from helpers import armed, make_exp, metric_rows
-from raytrain import trainer
+from raytrain import driver
 from raytrain.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,10 +33,10 @@ def test_sigkilled_worker_resumes_from_checkpoint_and_matches_uninterrupted(ray_
 
     # parallel.isolate: the one worker runs in a Ray Train worker group (in-process, the SIGKILL would end pytest);
     # the uninterrupted reference trains in-process
-    clean = trainer.run(make_exp(exp_dict, model__name="usermodels:tiny", train__epochs=3))
+    clean = driver.run(make_exp(exp_dict, model__name="usermodels:tiny", train__epochs=3))
     Path(CRASH_ARM).write_text("armed")
     try:
-        s = trainer.run(make_exp(exp_dict, model__name="usermodels:crash_once", train__epochs=3, parallel__isolate=True))
+        s = driver.run(make_exp(exp_dict, model__name="usermodels:crash_once", train__epochs=3, parallel__isolate=True))
     finally:
         Path(CRASH_ARM).unlink(missing_ok=True)
     assert s["status"] == "completed", s
@@ -135,7 +135,7 @@ def test_worker_killed_while_its_checkpoint_is_persisted_resumes_from_the_previo
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        s = trainer.run(exp)
+        s = driver.run(exp)
     finally:
         stop.set()
         watcher.join(timeout=10)
@@ -180,19 +180,19 @@ def test_resume_continues_then_skips_a_corrupt_latest_checkpoint(ray_local, exp_
     """One run, resumed twice: a clean resume continues at the next epoch with the clock carried over (the
     checkpoint's clock set to 1000 s: the resumed epoch ends at 1000 s plus its own seconds); after the latest
     checkpoint is torn, the next resume falls back to the one before it."""
-    first = trainer.run(make_exp(exp_dict, train__epochs=2))
+    first = driver.run(make_exp(exp_dict, train__epochs=2))
     run_dir = Path(first["run_dir"])
     state = ckpt.load_local(first["checkpoint"])
     state["elapsed_s"] = 1000.0
     ckpt.save_local(first["checkpoint"], state)  # a valid checkpoint whose clock reads 1000 s
-    second = trainer.run(make_exp(exp_dict, train__epochs=3), resume=run_dir)
+    second = driver.run(make_exp(exp_dict, train__epochs=3), resume=run_dir)
     assert second["run_dir"] == first["run_dir"] and second["status"] == "completed", second
     assert _epochs(run_dir) == [1, 2, 3]
     resumed = metric_rows(run_dir)[2]
     assert resumed["elapsed_s"] == pytest.approx(1000.0 + resumed["epoch_s"], abs=0.01), resumed  # clock carried over
     assert second["final"]["elapsed_s"] == pytest.approx(resumed["elapsed_s"])
     (Path(second["checkpoint"]) / ckpt.STATE_FILE).write_bytes(b"\x00garbage")  # a torn / tampered latest checkpoint
-    third = trainer.run(make_exp(exp_dict, train__epochs=4), resume=run_dir)
+    third = driver.run(make_exp(exp_dict, train__epochs=4), resume=run_dir)
     assert third["status"] == "completed", third
     assert _epochs(run_dir) == [1, 2, 3, 3, 4]  # resumed from epoch 2's checkpoint, epoch 3 redone
 
@@ -203,7 +203,7 @@ def test_resume_continues_then_skips_a_corrupt_latest_checkpoint(ray_local, exp_
 ])
 def test_train_with_resources_no_node_has_is_refused_fast(ray_local, exp_dict, patch, msg):
     with pytest.raises(UserError, match=msg.replace("(", r"\(").replace(")", r"\)")):
-        trainer.run(make_exp(exp_dict, **patch))
+        driver.run(make_exp(exp_dict, **patch))
     assert not list(Path(exp_dict["output"]).glob("t/*"))  # nothing created: no run folder
 
 

@@ -11,7 +11,7 @@ import yaml
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
-from raytrain import trainer
+from raytrain import driver
 from raytrain.configio import load_experiment
 from raytrain.errors import UserError
 from raytrain.tuner import driver, tuning
@@ -193,7 +193,7 @@ def test_small_search_end_to_end(ray_local, tmp_path):
 
     best = load_experiment(run_dir / "best.yaml", ["train.epochs=1", f"output={tmp_path / 'best'}"])
     assert best.train.optimizer.lr == pytest.approx(rows[0]["params"]["train.optimizer.lr"])
-    assert trainer.run(best)["status"] == "completed"
+    assert driver.run(best)["status"] == "completed"
 
 
 def test_trial_that_can_never_fit_fails_fast(ray_local, tmp_path):
@@ -264,7 +264,7 @@ def test_first_trial_in_a_process_is_warmed_and_retrains_exactly(ray_local, tmp_
     assert warmed["warm_up_s"] > 0 and trial["warm_up_s"] == 0, summary["trials"]  # the process's first only
     assert warmed["val_accuracy"] == pytest.approx(trial["val_accuracy"], abs=1e-9)
     assert warmed["history"][-1]["train_loss"] == pytest.approx(trial["history"][-1]["train_loss"], rel=1e-6)
-    again = trainer.run(load_experiment(Path(summary["run_dir"]) / "best.yaml", [f"output={tmp_path / 'best'}"]))
+    again = driver.run(load_experiment(Path(summary["run_dir"]) / "best.yaml", [f"output={tmp_path / 'best'}"]))
     assert again["final"]["epoch"] == trial["epochs"]
     assert again["final"]["val_accuracy"] == pytest.approx(trial["val_accuracy"], abs=1e-9)
     assert again["final"]["train_loss"] == pytest.approx(trial["history"][-1]["train_loss"], rel=1e-6)
@@ -304,7 +304,7 @@ def test_time_search_budget_best_yaml_and_report(ray_local, tmp_path):
     best = load_experiment(Path(summary["run_dir"]) / "best.yaml", [f"output={tmp_path / 'best'}"])
     assert best.parallel.cpus_per_worker == 2 and best.train.early_stopping.target == 0.9
     assert best.parallel.max_failures == 2  # the experiment's own restarts, not the trials' none
-    again = trainer.run(best)
+    again = driver.run(best)
     assert again["status"].startswith("target val_accuracy=0.9 reached"), again
     assert again["final"]["epoch"] == winner["epochs"]  # the same epoch reaches the target
     assert again["final"]["val_accuracy"] == pytest.approx(winner["val_accuracy"], abs=1e-9)

@@ -78,11 +78,11 @@ def test_sorted_data_trains_like_shuffled_data_with_no_ray(tmp_path):
 def test_sorted_data_trains_like_shuffled_data_in_a_ddp_group(ray_local, tmp_path):
     """Two data-parallel ranks of a worker group: each holds the whole split and takes its slice of every
     epoch's permutation (cut in stored order, rank 0 had only labels 0-4 and rank 1 only 5-9)."""
-    from raytrain import trainer
+    from raytrain import driver
 
     val = _digits_parquet(tmp_path / "val.parquet", "as-is", slice(1400, None))
     train = _digits_parquet(tmp_path / "train-sorted.parquet", "sorted", slice(0, 1400))
-    s = trainer.run(make_exp(_exp(tmp_path, train, val, workers=2)), ray="existing")
+    s = driver.run(make_exp(_exp(tmp_path, train, val, workers=2)), ray="existing")
     assert s["status"] == "completed" and s["mode"] == "worker-group", s
     assert s["final"]["val_accuracy"] > 0.8, [r["val_accuracy"] for r in metric_rows(s["run_dir"])]
 

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from helpers import RESUME_SEARCH, SNAPSHOT_EVERY_SECOND, armed, free_port, make_exp, run_cli
-from raytrain import trainer
+from raytrain import driver
 from raytrain.cli import main
 from raytrain.hosts import read_rows
 from raytrain.storage import resolve
@@ -109,7 +109,7 @@ def test_export_and_report_of_a_missing_run_on_s3_are_one_line(s3_server, capsys
 
 def test_train_on_s3_then_export_and_fall_back_past_a_torn_checkpoint(ray_local, s3_server, exp_dict, tmp_path):
     bucket = s3_server()
-    first = trainer.run(make_exp(exp_dict, output=f"s3://{bucket}/runs"))
+    first = driver.run(make_exp(exp_dict, output=f"s3://{bucket}/runs"))
     run = first["run_dir"]
     assert first["status"] == "completed" and run.startswith(f"s3://{bucket}/runs/t/"), first
     prefix = run.removeprefix(f"s3://{bucket}/") + "/"
@@ -142,7 +142,7 @@ def test_train_on_s3_then_export_and_fall_back_past_a_torn_checkpoint(ray_local,
     with pytest.warns(UserWarning, match=f"{states[-1]}: checksum mismatch"):
         assert main(["export", run, "--out", str(tmp_path / "previous.pt")]) == 0
     assert same(torch.load(tmp_path / "previous.pt", weights_only=True), previous)
-    resumed = trainer.run(make_exp(exp_dict, output=f"s3://{bucket}/runs", train__epochs=3), resume=run)
+    resumed = driver.run(make_exp(exp_dict, output=f"s3://{bucket}/runs", train__epochs=3), resume=run)
     assert resumed["status"] == "completed", resumed
     assert _epochs(run) == [1, 2, 2, 3]  # resumed from epoch 1's checkpoint: epoch 2 redone
 

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers import make_exp, metric_rows
-from raytrain import trainer
+from raytrain import driver
 from raytrain.errors import UserError
 
 
@@ -51,7 +51,7 @@ def test_two_workers_stream_a_folder_and_match_materialize(ray_local, exp_dict, 
                                    ("materialize", {"workers": 1, "cpus_per_worker": 1}, "in-process")):
         exp = make_exp(exp_dict, data=_data(train, val, ingest=ingest), model__name="mlp", model__width=1.0,
                        parallel=parallel, train__epochs=2, train__optimizer={"name": "adamw", "lr": 0.01})
-        s = trainer.run(exp)
+        s = driver.run(exp)
         assert s["status"] == "completed" and s["ingest"] == ingest and s["mode"] == mode, s
         runs[ingest] = s["final"]
     assert runs["stream"]["val_accuracy"] > 0.85
@@ -70,11 +70,11 @@ def test_auto_streams_past_the_budget_from_s3_and_resumes(ray_local, s3_server, 
     for f in [*train.iterdir(), *val.iterdir()]:
         s3.upload_file(str(f), bucket, f"digits/{f.parent.name}/{f.name}")
     data = _data(f"s3://{bucket}/digits/train", f"s3://{bucket}/digits/val", materialize_max_mb=0.01)
-    first = trainer.run(make_exp(exp_dict, data=data, train__epochs=2, model__name="mlp", model__width=1.0,
+    first = driver.run(make_exp(exp_dict, data=data, train__epochs=2, model__name="mlp", model__width=1.0,
                                  train__optimizer={"name": "adamw", "lr": 0.01}))
     assert first["status"] == "completed" and first["ingest"] == "stream" and first["mode"] == "in-process", first
     assert json.loads((Path(first["run_dir"]) / "result.json").read_text())["ingest"] == "stream"
-    again = trainer.run(make_exp(exp_dict, data=data, train__epochs=3, model__name="mlp", model__width=1.0,
+    again = driver.run(make_exp(exp_dict, data=data, train__epochs=3, model__name="mlp", model__width=1.0,
                                  train__optimizer={"name": "adamw", "lr": 0.01}), resume=first["run_dir"])
     assert again["status"] == "completed", again
     assert [r["epoch"] for r in metric_rows(first["run_dir"])] == [1, 2, 3]
@@ -86,7 +86,7 @@ def test_stream_that_could_not_make_progress_is_refused_not_hung(ray_local, exp_
     train, val = _digits_parquet(tmp_path / "data", files=2)
     with pytest.raises(UserError, match=r"2 worker\(s\) need 2 CPU \+ 1 for Ray Data \(data.stream_cpus\) but the "
                                         r"cluster has 2"):
-        trainer.run(make_exp(exp_dict, data=_data(train, val, ingest="stream"), parallel__workers=2))
+        driver.run(make_exp(exp_dict, data=_data(train, val, ingest="stream"), parallel__workers=2))
     assert not list(Path(exp_dict["output"]).glob("t/*"))  # nothing created
 
 

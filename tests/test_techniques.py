@@ -12,7 +12,7 @@ from torch.testing import assert_close
 
 from raytrain import checkpoint as ckpt
 from raytrain.config import EarlyStoppingConfig, ScheduleConfig
-from raytrain.loop import SchedulerStepper, StepEnv, train_epoch
+from raytrain.epoch import SchedulerStepper, StepEnv, train_epoch
 from raytrain.models import build_model
 from raytrain.techniques.early_stopping import EarlyStopper
 from raytrain.techniques.memory_format import apply_channels_last, wants_channels_last

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from helpers import make_exp, metric_rows, ray_internal_lines
-from raytrain import trainer
+from raytrain import driver
 from raytrain.errors import UserError
 
 
@@ -35,7 +35,7 @@ def test_ddp_two_workers_equal_one_worker_after_one_step(ray_local, exp_dict, tm
     for workers in (1, 2):
         exp = make_exp(exp_dict, data=data, parallel__workers=workers, train__epochs=1, train__batch_size=64,
                    train__optimizer={"name": "sgd", "lr": 0.5, "momentum": 0.0, "weight_decay": 0.0})
-        s = trainer.run(exp)
+        s = driver.run(exp)
         assert s["status"] == "completed", s
         losses.append(s["final"]["val_loss"])
     assert abs(losses[0] - losses[1]) < 1e-5, losses
@@ -88,10 +88,10 @@ def test_user_project_parquet_and_model_from_the_launch_directory(tmp_path, star
 ])
 def test_impossible_resources_refused_fast(ray_local, exp_dict, patch, msg):
     with pytest.raises(UserError, match=msg.replace("(", r"\(").replace(")", r"\)")):
-        trainer.run(make_exp(exp_dict, **patch))
+        driver.run(make_exp(exp_dict, **patch))
     assert not list(Path(exp_dict["output"]).glob("t/*"))  # nothing created: no run folder
 
 
 def test_resume_of_non_run_dir_refused(ray_local, exp_dict, tmp_path):
     with pytest.raises(UserError, match="not a raytrain run folder"):
-        trainer.run(make_exp(exp_dict), resume=tmp_path)
+        driver.run(make_exp(exp_dict), resume=tmp_path)

@@ -19,7 +19,7 @@ from typing import Iterator, Optional
 import torch
 
 from raytrain.config import Experiment
-from raytrain.data import DataInfo
+from raytrain.data.prepare import DataInfo
 from raytrain.data.memory import Arrays, InMemory, load
 
 CACHE_FRACTION = 0.25

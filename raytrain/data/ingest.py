@@ -5,7 +5,7 @@ here, so not even a metadata task): the whole training split for every rank (eac
 slice of each epoch's permutation, `raytrain.data.memory`), validation cut on the driver into one equal part
 per data-parallel rank (`val_<rank>`): no read task, no split coordinator, and nothing of Ray Data needs a
 CPU while workers (or Tune trials training in their own process) hold every one of them. A one-worker run
-with no Ray (`raytrain.trainer`) reads the same cache files with pyarrow instead.
+with no Ray (`raytrain.driver`) reads the same cache files with pyarrow instead.
 
 stream: `read_parquet` + a decoding `map_batches`, with the CPUs reserved for them (`data.stream_cpus`)
 checked against the cluster before anything starts; Ray Train splits the stream across ranks with
@@ -29,7 +29,7 @@ from typing import Optional
 import pyarrow.parquet as pq
 
 from raytrain.config import Experiment
-from raytrain.data import DataInfo
+from raytrain.data.prepare import DataInfo
 from raytrain.data.parquet import StreamSource, decode
 
 

@@ -1,1 +1,1 @@
-"""Per-mode pieces of the one epoch loop (`raytrain.epochs`): data-parallel (any world size) and pipeline."""
+"""Per-mode pieces of the one epoch loop (`raytrain.loop`): data-parallel (any world size) and pipeline."""

@@ -10,7 +10,7 @@ from torch import nn
 from raytrain import collectives
 from raytrain.checkpoint import STATE_FILE
 from raytrain.data.batches import Batches
-from raytrain.loop import SchedulerStepper, StepEnv, evaluate, train_epoch
+from raytrain.epoch import SchedulerStepper, StepEnv, evaluate, train_epoch
 from raytrain.models import model_from
 from raytrain.optim import build_optimizer
 from raytrain.state import TrainState

@@ -18,7 +18,7 @@ import torch
 from raytrain import collectives
 from raytrain.checkpoint import stage_file
 from raytrain.data.memory import InMemory, load
-from raytrain.loop import SchedulerStepper, StepEnv, timed
+from raytrain.epoch import SchedulerStepper, StepEnv, timed
 from raytrain.models import model_from
 from raytrain.optim import build_optimizer
 from raytrain.parallel import pipeline as pl
@@ -88,7 +88,7 @@ class Pipelined:
         return (b for i, b in enumerate(it) if i % mesh.dp == mesh.dp_rank)
 
     def train_epoch(self, epoch: int, on_step=None) -> dict:
-        """`on_step(step, clock)` as in `loop.train_epoch` (progress only: rungs on seconds are one-worker)."""
+        """`on_step(step, clock)` as in `epoch.train_epoch` (progress only: rungs on seconds are one-worker)."""
         s, env, bs, steps = self.state, self.env, self.exp.per_worker_batch, self.plan.steps_per_epoch
         started = time.perf_counter()
         if env.augment is not None:  # one order and one draw per epoch, shared by every group's first stage

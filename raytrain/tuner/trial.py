@@ -20,7 +20,7 @@ import ray
 import torch
 from ray import tune
 
-from raytrain import _ray_compat, console, epochs, storage
+from raytrain import _ray_compat, console, loop, storage
 from raytrain.errors import UserError
 from raytrain.runtime import needed
 from raytrain.tuner.spec import RungClock, SearchConfig, SearchSpec
@@ -34,7 +34,7 @@ _warmed: list[bool] = []  # per trial process: its first training step was taken
 
 def run_trial(config: dict, raw: dict, search_json: str, source: str, run_uri: str) -> None:
     """One trial: build its experiment, train it, report every epoch to Tune."""
-    from raytrain import trainer
+    from raytrain import driver
     from raytrain.data.ingest import build, steps_per_epoch
     from raytrain.plan import RunPlan
 
@@ -45,7 +45,7 @@ def run_trial(config: dict, raw: dict, search_json: str, source: str, run_uri: s
     clock = RungClock(spec.search)
     try:
         exp = spec.trial_experiment(config)
-        prep = trainer.preflight(exp)
+        prep = driver.preflight(exp)
     except UserError as e:  # a combination the schema or the hardware refuses: skip it, keep searching
         tune.report(clock.add({"val_accuracy": 0.0, "val_loss": math.inf, "epoch": 0, "elapsed_s": 0.0,
                                                 "stop_reason": f"skipped: {e}", **_span(started)}))
@@ -66,9 +66,9 @@ def run_trial(config: dict, raw: dict, search_json: str, source: str, run_uri: s
         if registered is not None:
             _load_clock(clock, registered / CLOCK_FILE)
         if not _warmed:  # the process's first trial: its warm-up is not its training time
-            host.warm_up_s = epochs.warm_up(host, plan)
+            host.warm_up_s = loop.warm_up(host, plan)
             _warmed.append(True)
-        epochs.run(host, plan)
+        loop.run(host, plan)
         return
     _nested(exp, plan, ingest, run_uri, clock)
 

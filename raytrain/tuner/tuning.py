@@ -58,7 +58,7 @@ def require_state_api() -> None:
 
 def stream_cpus(spec: SearchSpec) -> float:
     """CPUs a trial's streamed data needs beside its workers (0 when its data is materialised)."""
-    from raytrain.data import ingest_mode
+    from raytrain.data.prepare import ingest_mode
 
     return spec.base.data.stream_cpus if ingest_mode(spec.base.data) == "stream" else 0.0
 

@@ -22,8 +22,8 @@ from typing import Any, Callable, Optional
 import torch
 
 from raytrain import checkpoint as ckpt
-from raytrain import data as data_mod
-from raytrain import epochs, runtime, storage
+from raytrain.data import prepare as data_mod
+from raytrain import loop, runtime, storage
 from raytrain.config import Experiment
 from raytrain.configio import to_yaml
 from raytrain.data.ingest import Ingest, build, from_user, steps_per_epoch
@@ -226,7 +226,7 @@ def _train_here(exp, plan, ingest, run_dir, factory, marks, on_ray=True) -> tupl
         marks["worker_entered"] = time.time()
         while True:
             try:
-                epochs.run(host, plan, factory, entered=marks["worker_entered"])
+                loop.run(host, plan, factory, entered=marks["worker_entered"])
                 return {}, None, None
             except (UserError, KeyboardInterrupt):
                 raise
