@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
-.PHONY: install demo test test-fast bench gpu-check clean
+.PHONY: install demo test test-fast bench docs gpu-check clean
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -25,12 +25,17 @@ test-fast: $(STAMP)  # everything that starts no Ray: the inner loop while editi
 bench: $(STAMP)
 	$(PY) -m bench
 
-# On a GPU host (Python with a CUDA torch, see README "On a GPU host"): the gpu tests and the GPU bench rows,
-# written to bench/results/gpu.json with the GPU's name. PYTHON= overrides the interpreter (the host's own).
-PYTHON ?= $(PY)
+docs: $(STAMP)  # docs/configuration.md from the config schema (tests/test_docs.py fails while it is stale)
+	$(PY) -m raytrain.reference
+
+# On a GPU host (after `source .device/setup.sh`, see README "On a GPU host"): the gpu tests (tests/test_gpu.py,
+# by file) and the GPU bench rows, in at most BUDGET_S seconds together, every result file under OUT (tests.log,
+# tests.xml, gpu.json, summary.md). PYTHON: the .venv's interpreter where there is one, else python3.
+OUT      ?= bench/results/gpu
+BUDGET_S ?= 420
+PYTHON   ?= $(if $(wildcard $(PY)),$(PY),python3)
 gpu-check:
-	$(PYTHON) -m pytest -q -m gpu -p no:cacheprovider -rs
-	$(PYTHON) -m bench --only gpu
+	$(PYTHON) -m bench.gpu_check --out "$(OUT)" --budget-s $(BUDGET_S)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,4 +1,5 @@
-"""`python -m bench [--only a,b]`: run sections, write bench/results/<section>.json, rebuild the README table."""
+"""`python -m bench [--only a,b]`: run sections, write bench/results/<section>.json, rebuild the results table
+in bench/README.md (and bench/results/results.md)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 
 from bench.common import RESULTS, ROOT, load
 
-SECTIONS = ["startup", "no_ray_tax", "shuffle", "mnist", "foundation", "search", "headline_asha", "asha_pick", "rungs", "trials", "asha", "ablation", "storage",
+SECTIONS = ["startup", "no_ray_tax", "shuffle", "mnist", "foundation", "search", "search_winners", "headline_asha", "asha_pick", "rungs", "trials", "asha", "ablation", "storage",
             "streaming", "images", "pipeline", "gpu"]
 DEFAULT = "startup,mnist,foundation"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -26,7 +27,8 @@ def table() -> str:
 
 
 def update_readme() -> None:
-    readme = ROOT / "README.md"
+    """Rewrite the table between bench/README.md's markers; the project README quotes a few headline rows."""
+    readme = ROOT / "bench" / "README.md"
     text = readme.read_text()
     if START in text and END in text:
         head, rest = text.split(START, 1)
@@ -41,7 +43,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--only", default=DEFAULT, help=f"comma-separated sections of: {', '.join(SECTIONS)}")
-    ap.add_argument("--table", action="store_true", help="only rebuild the README table from bench/results")
+    ap.add_argument("--table", action="store_true", help="only rebuild bench/README.md's table from bench/results")
     args = ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     with scoped_env(ray_env()):

@@ -35,9 +35,9 @@ def run(epochs: int = 24) -> dict:
         for label, patch in CONFIGS.items():
             s = driver.run(experiment(train__epochs=epochs, parallel__cpus_per_worker=2, **{**BASE, **patch}))
             r = rows_of(s)
-            out[label] = {"step_ms": steady([x["step_ms"] for x in r]), "val_accuracy": s["final"]["val_accuracy"],
-                          "params_nonzero": s["final"].get("params_nonzero"), "flops": s["final"].get("flops_per_sample"),
-                          "precision": s["final"].get("precision"), "status": s["status"]}
+            out[label] = {"step_ms": steady([x["step_ms"] for x in r]), "val_accuracy": s.final["val_accuracy"],
+                          "params_nonzero": s.final.get("params_nonzero"), "flops": s.final.get("flops_per_sample"),
+                          "precision": s.final.get("precision"), "status": s.status}
     base = out["fp32 dense"]["step_ms"]
     for v in out.values():
         v["step_ratio"] = v["step_ms"] / base

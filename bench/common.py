@@ -44,11 +44,12 @@ def experiment(**patch):
     return validate_experiment(base, "bench")
 
 
-def rows_of(summary: dict) -> list[dict]:
+def rows_of(summary) -> list[dict]:
+    """The metrics rows of a run: a `driver.run` result (RunSummary) or a result.json dict."""
     from raytrain.hosts import read_rows
     from raytrain.storage import resolve
 
-    return read_rows(resolve(summary["run_dir"]))
+    return read_rows(resolve(summary["run_dir"] if isinstance(summary, dict) else summary.run_dir))
 
 
 def steady(values: list[float]) -> float:
@@ -61,20 +62,21 @@ def median(values: list[float]) -> float:
 
 
 def cli(verb: str, *args: str, env: dict | None = None, timeout: float = 3600) -> dict:
-    """`raytrain VERB ARGS` as a user runs it (the installed console script, a fresh process): its summary
-    (--summary-json), the process's own wall time from start to exit, and its exit code."""
+    """`raytrain VERB ARGS` as a user runs it (a fresh process): its summary (--summary-json), the process's
+    own wall time from start to exit, and its exit code. Started as `python -m raytrain`, which works wherever
+    raytrain imports: also where the project is only on PYTHONPATH and no console script was installed (the
+    GPU host)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "summary.json"
-        cmd = [str(Path(sys.executable).parent / "raytrain"), verb, *args, "--summary-json", str(out)]
+        cmd = [sys.executable, "-m", "raytrain", verb, *args, "--summary-json", str(out)]
         t0 = time.time()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                                env={**os.environ, **(env or {})})
+                                env={**os.environ, **(env or {})}, start_new_session=True)
         peak = _watch_peak_rss(proc, str(out))
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+            stop(proc)
             raise
         wall = time.time() - t0
         summary = json.loads(out.read_text()) if out.is_file() else {}
@@ -82,6 +84,23 @@ def cli(verb: str, *args: str, env: dict | None = None, timeout: float = 3600) -
         raise RuntimeError(f"raytrain {verb} {' '.join(args)} failed ({proc.returncode}): {stderr[-2000:]}")
     return {"summary": summary, "process_wall_s": wall, "exit_code": proc.returncode, "stdout": stdout[-4000:],
             "peak_rss_mb": peak[0] / 1024}
+
+
+def stop(proc: subprocess.Popen, grace: float = 15.0) -> None:
+    """End a command started in its own session: SIGTERM first (raytrain shuts its embedded Ray down as on
+    Ctrl-C), then SIGKILL to the whole group, so nothing it started outlives a timed-out row."""
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.communicate(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _watch_peak_rss(proc: subprocess.Popen, marker: str) -> list[int]:
@@ -109,14 +128,23 @@ def _watch_peak_rss(proc: subprocess.Popen, marker: str) -> list[int]:
 def module(name: str, *args: str, timeout: float = 3600) -> tuple[dict, float]:
     """`python -m bench.NAME ARGS` in a fresh process: (its last stdout line as JSON, process wall time)."""
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "-m", f"bench.{name}", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", f"bench.{name}", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop(proc)
+        raise
     wall = time.time() - t0
     if proc.returncode != 0:
-        raise RuntimeError(f"bench.{name} failed: {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1]), wall
+        raise RuntimeError(f"bench.{name} failed: {stderr[-2000:]}")
+    return json.loads(stdout.strip().splitlines()[-1]), wall
 
 
 def load(name: str):
-    p = RESULTS / f"{name}.json"
-    return json.loads(p.read_text()) if p.is_file() else None
+    """A section's results: bench/results/NAME.json, or NAME/NAME.json there (a folder of its own: the GPU
+    check's default output, `make gpu-check`)."""
+    for p in (RESULTS / f"{name}.json", RESULTS / name / f"{name}.json"):
+        if p.is_file():
+            return json.loads(p.read_text())
+    return None

@@ -48,7 +48,7 @@ def _rank_rate(exp_json: str, independent: bool = False) -> dict:
     dist.barrier()
     t0 = time.perf_counter()
     stats = train_epoch(wrapped, batches, opt, stepper, torch.amp.GradScaler("cpu", enabled=False), env)
-    return {"count": stats["count"], "seconds": time.perf_counter() - t0}
+    return {"count": stats.count, "seconds": time.perf_counter() - t0}
 
 
 def samples_per_s(exp, world: int, independent: bool = False) -> float:

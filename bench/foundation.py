@@ -44,7 +44,7 @@ def plain_pytorch_samples_per_s(exp, threads: int) -> float:
                    for i in range(0, len(y), exp.train.batch_size))
         t0 = time.perf_counter()
         stats = train_epoch(model, batches, opt, stepper, scaler, env)
-        rates.append(stats["count"] / (time.perf_counter() - t0))
+        rates.append(stats.count / (time.perf_counter() - t0))
     return steady(rates)
 
 

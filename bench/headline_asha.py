@@ -36,7 +36,7 @@ def _compare(seed: int, stored: dict | None) -> dict:
     """ASHA then off for `seed`; with `stored` (an earlier pair of this seed), ASHA against its off arm (a seed
     with none runs both)."""
     spec = ROOT / "search" / "mnist-speed.yaml"
-    common = (f"search.samples={SAMPLES}", f"search.seed={seed}", "search.budget={}")
+    common = (f"search.samples={SAMPLES}", f"search.seed={seed}", "search.budget={}", "search.confirm=null")
     asha = _search(spec, *common)
     asha_at = time.strftime("%Y-%m-%d %H:%M")
     if stored:

@@ -34,7 +34,8 @@ def record(seed: int) -> list[dict]:
     from raytrain.tuner.spec import load_spec
 
     spec = load_spec(ROOT / "search" / "mnist-speed.yaml", ["search.samples=20", f"search.seed={seed}",
-                                                             "search.budget={}", RECORD, f"output={OUT}"])
+                                                             "search.budget={}", "search.confirm=null", RECORD,
+                                                             f"output={OUT}"])
     rows = driver.run(spec, scheduler=FIFOScheduler())["trials"]
     rows = [r for r in rows if r["history"] and not str(r["status"]).startswith(("error", "skipped", "diverged"))]
     rows.sort(key=lambda r: r["history"][0]["trial_started_mono"])

@@ -77,6 +77,7 @@ def run() -> dict:
         one = {}
         for label, asha in (("asha", None), ("off", OFF)):
             one[label] = _search(spec, f"search.samples={N_COMPARE}", f"search.seed={seed}", "search.budget={}",
+                                 "search.confirm=null",  # ASHA's own cost and pick, as before the confirmation
                                  *([asha] if asha else []))
         one.update(derived(one["asha"], one["off"]))
         compare["seeds"][seed] = one

@@ -19,10 +19,10 @@ def _run(output: str) -> dict:
     s = driver.run(experiment(output=output, **EXP))
     rows = rows_of(s)
     gaps = [b["since_launch_s"] - a["since_launch_s"] for a, b in zip(rows, rows[1:])]
-    newest = ckpt.checkpoint_dirs(storage.resolve(s["run_dir"]) / ckpt.RUN_STORAGE)[0]
+    newest = ckpt.checkpoint_dirs(storage.resolve(s.run_dir) / ckpt.RUN_STORAGE)[0]
     size = sum(c.info().size for c in newest.children())
     return {"epoch_wall_s": median(gaps), "epoch_s": steady([r["epoch_s"] for r in rows]), "checkpoint_mb": size / 1e6,
-            "run_dir": s["run_dir"]}
+            "run_dir": s.run_dir}
 
 
 def run() -> dict:

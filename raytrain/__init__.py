@@ -8,19 +8,21 @@
     raytrain.export(result.run_dir)                  # newest checkpoint: a plain state_dict + a torch.export program
     model = raytrain.load_model(result.run_dir)      # the trained nn.Module (pruned shapes included), no Ray
     raytrain.evaluate(result.run_dir).accuracy       # on its validation split, or evaluate(run, data="x.parquet")
+    raytrain.train(exp, callbacks=[MyCallback()])    # raytrain.Callback: your code at the loop's events
 
 Names load on first use, so `import raytrain` stays cheap (no torch or Ray until you train).
 """
 
 __version__ = "0.2.0"
 
-_API = ("Experiment", "RunResult", "SearchResult", "UserError", "check_cluster", "evaluate", "export", "fit",
-        "load_experiment", "load_model", "predict", "search", "train", "validate")
-__all__ = list(_API)
+PUBLIC = ["Callback", "Experiment", "RunResult", "SearchResult", "UserError", "check_cluster", "evaluate", "export",
+          "fit", "load_experiment", "load_model", "predict", "search", "train", "validate"]
+"""The one list of public names (`raytrain.api` re-exports exactly these)."""
+__all__ = list(PUBLIC)
 
 
 def __getattr__(name: str):
-    if name in _API:
+    if name in PUBLIC:
         from raytrain import api
 
         return getattr(api, name)
@@ -28,4 +30,4 @@ def __getattr__(name: str):
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_API))
+    return sorted(list(globals()) + PUBLIC)

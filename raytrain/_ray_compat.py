@@ -127,3 +127,32 @@ def tensor_field(name: str, x):
     meta = {b"ARROW:extension:name": TENSOR_EXTENSION_NAME,
             b"ARROW:extension:metadata": str(list(x.shape[1:])).encode()}
     return pa.field(name, storage.type, metadata=meta), storage
+
+
+def preemption_info():
+    """Ray Train V2's preemption notice inside a worker (`ray.train.get_preemption_info`, alpha in Ray 2.60):
+    a `PreemptionInfo` once a node of the group is being drained, else None. A barrier across the group."""
+    import ray.train
+
+    return ray.train.get_preemption_info()
+
+
+def trial_storage():
+    """(pyarrow filesystem, path) of the search trial this process trains for, in the search's storage, or
+    None outside one. In a Tune trial process: Tune's folder for the trial (its session's StorageContext;
+    `tune.get_context().get_trial_dir()` is a local staging folder, and a reused trial process gets one Tune
+    does not upload). In a Train worker of a multi-worker trial: the parent of the trial's TorchTrainer
+    folder (<search>/trials/<trial id>), from Train V2's context (`get_storage()`, which Ray's own error
+    messages point users to)."""
+    from ray.train._internal import session as tune_session
+
+    s = tune_session.get_session()
+    if s is not None and getattr(s, "storage", None) is not None:
+        return s.storage.storage_filesystem, s.storage.trial_fs_path
+    from ray.train.v2._internal.execution.context import get_train_context
+
+    try:
+        st = get_train_context().get_storage()
+    except RuntimeError:  # not in a Train worker either
+        return None
+    return st.storage_filesystem, st.experiment_fs_path.rstrip("/").rsplit("/", 1)[0]

@@ -117,18 +117,28 @@ def factory_name(fn: Callable) -> str:
 
 
 def train(exp: Union[Experiment, PathLike], *, model: Optional[Callable] = None, datasets: Optional[dict] = None,
-          resume: Optional[PathLike] = None, launch: Optional[float] = None, verbose: bool = False) -> RunResult:
+          resume: Optional[PathLike] = None, callbacks: Optional[list] = None, verbose: bool = False) -> RunResult:
     """Train one experiment; returns its `RunResult` (the run folder is the same as the CLI's).
 
     model: a factory `(in_shape, num_classes) -> nn.Module` used instead of `model.name` (it must pickle
         to Ray's workers; a module-level function is recorded by name for the CLI).
-    datasets: {"train": ray.data.Dataset, "val": ray.data.Dataset} with the columns `data.features` and
-        `data.label` name, checked like Parquet and ingested like every dataset.
+    datasets: {"train": ray.data.Dataset, "val": ray.data.Dataset} (and "test": a test set, read once at the
+        end) with the columns `data.features` and `data.label` name, checked like Parquet and ingested like
+        every dataset.
     resume: a run folder (path or URI) to continue from its newest readable checkpoint.
+    callbacks: `raytrain.Callback` instances, after the YAML's `callbacks:` (they must pickle to Ray's workers
+        when the run has a worker group).
     verbose: also Ray's, Ray Data's and Tune's own console output (by default only lines to act on).
     """
-    launch = launch or time.time()
+    return _train(exp, model=model, datasets=datasets, resume=resume, callbacks=callbacks, verbose=verbose,
+                  launch=time.time())
+
+
+def _train(exp, *, model, datasets, resume, callbacks, verbose, launch: float) -> RunResult:
+    """`train`, timed from `launch` (the CLI passes when the command started: time to first step is the
+    user's wait, imports included)."""
     exp = _experiment(exp)
+    callbacks = list(callbacks or [])
     if model is not None:
         exp = exp.model_copy(update={"model": exp.model.model_copy(update={"name": factory_name(model)})})
     _check_storage(exp.output, resume)  # a bad URI or an unreachable store: one line, before Ray starts
@@ -140,7 +150,7 @@ def train(exp: Union[Experiment, PathLike], *, model: Optional[Callable] = None,
 
     if driver.without_ray(exp, datasets):  # one worker, materialised data, this machine: no Ray to start
         with runtime.preserved(), console.attached(verbose, ray=False), runtime.sigterm_as_interrupt():
-            s = driver.run(exp, resume, launch, factory=model, ray="none")
+            s = driver.run(exp, resume, launch, factory=model, ray="none", callbacks=callbacks)
         return _run_result(s)
     with runtime.preserved(), console.attached(verbose):
         # The data and model checks need no cluster and ray.init mostly waits for the processes it starts:
@@ -155,13 +165,14 @@ def train(exp: Union[Experiment, PathLike], *, model: Optional[Callable] = None,
             url = runtime.dashboard_url()
             if url and kind == "embedded":
                 console.LOGGER.info(f"Ray dashboard: {url}")
-            s = driver.run(exp, resume, launch, prepared=prepared, factory=model, datasets=datasets, ray=kind)
+            s = driver.run(exp, resume, launch, prepared=prepared, factory=model, datasets=datasets, ray=kind,
+                           callbacks=callbacks)
     return _run_result(s)
 
 
-def _run_result(s: dict) -> RunResult:
-    return RunResult(s["run_dir"], s["status"], s["final"], s["checkpoint"], s["error"], s["startup"], s["wall_s"],
-                     s["mode"], s)
+def _run_result(s) -> RunResult:
+    return RunResult(run_dir=s.run_dir, status=s.status, metrics=s.final, checkpoint=s.checkpoint, error=s.error,
+                     startup=s.startup, wall_s=s.wall_s, mode=s.mode, summary=s.as_dict())
 
 
 def search(spec: Union[PathLike, Any], *, overrides: Optional[list[str]] = None,
@@ -204,14 +215,15 @@ def load_model(path: PathLike, model: Optional[Callable] = None):
 
 
 def evaluate(run_dir: PathLike, data: Optional[PathLike] = None, overrides: Optional[list[str]] = None,
-             model: Optional[Callable] = None):
-    """Accuracy of a run's newest checkpoint on its validation split, or on every row of `data` (a Parquet
-    file/folder/URI with the run's feature and label columns, or an image folder `<class>/<image>`);
-    `overrides` are `"data.key=value"` changes to the run's data block. Returns an `Evaluation` (accuracy,
-    loss, count, data, checkpoint). No Ray is started."""
+             model: Optional[Callable] = None, split: Optional[str] = None):
+    """Accuracy of a run's newest checkpoint on one of its splits (`split`: "val", the default, held out
+    exactly as training held it out; or "test", where the dataset has a test set), or on every row of `data`
+    (a Parquet file/folder/URI with the run's feature and label columns, or an image folder
+    `<class>/<image>`); `overrides` are `"data.key=value"` changes to the run's data block. Returns an
+    `Evaluation` (accuracy, loss, count, data, checkpoint). No Ray is started."""
     from raytrain.inference import evaluate as _evaluate
 
-    return _evaluate(str(run_dir), str(data) if data is not None else None, overrides, model)
+    return _evaluate(str(run_dir), str(data) if data is not None else None, overrides, model, split)
 
 
 def predict(run_dir: PathLike, inputs: PathLike, out: PathLike, overrides: Optional[list[str]] = None,
@@ -239,5 +251,5 @@ def fit(spec: PathLike, cluster: PathLike) -> tuple[bool, list[str]]:
     return _fit(Path(spec), Path(cluster))
 
 
-__all__ = ["Experiment", "RunResult", "SearchResult", "UserError", "check_cluster", "evaluate", "export", "fit",
-           "load_experiment", "load_model", "predict", "search", "train", "validate"]
+from raytrain.callbacks import Callback  # noqa: E402  (public, and cheap: no torch or Ray)
+from raytrain import PUBLIC as __all__  # noqa: E402,F401  (the one list of public names)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from raytrain import _ray_compat
-from raytrain.errors import EXIT_USER_ERROR, UserError
+from raytrain.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, Interrupted, UserError
 
 
 VERBOSE_HELP = "also print Ray's, Ray Data's and Tune's own console output (Tune's status tables)"
@@ -44,8 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("out", nargs="?", metavar="OUT", help="state_dict file or URI (default RUN_DIR/model.pt; the "
                     "program goes beside it as .pt2; never overwritten)")
     ex.add_argument("--out", dest="out_opt", metavar="OUT", help="the same as OUT")
-    ev = sub.add_parser("evaluate", help="accuracy of a run's model on its validation split or other data (no Ray)")
+    ev = sub.add_parser("evaluate", help="accuracy of a run's model on its validation or test split, or other data "
+                        "(no Ray)")
     ev.add_argument("run_dir", metavar="RUN_DIR", help="run folder (path or URI)")
+    ev.add_argument("--split", choices=("val", "test"), default=None, help="which of the run's splits (default val; "
+                    "test: MNIST's official test set, data.test_path, an ImageFolder tree's test/)")
     ev.add_argument("--data", metavar="PATH", help="every row of this Parquet file/folder/URI or image folder "
                     "(<class>/<image>) instead of the run's validation split")
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
@@ -89,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"raytrain: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Interrupted as e:  # SIGTERM while training: checkpointed at a step
+        print(f"raytrain: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("raytrain: interrupted", file=sys.stderr)
         return 130
@@ -120,7 +126,7 @@ def _dispatch(args, launch: float) -> int:
             print(f"program: {program} (torch.export.load(path).module()(x): logits for features as stored)")
         return 0
     if args.verb == "evaluate":
-        ev = api.evaluate(args.run_dir, args.data, args.overrides)
+        ev = api.evaluate(args.run_dir, args.data, args.overrides, split=args.split)
         print(f"evaluate: accuracy {ev.accuracy:.4f}, loss {ev.loss:.4f} on {ev.count} examples of {ev.data} "
               f"(checkpoint {ev.checkpoint})")
         return 0
@@ -133,10 +139,12 @@ def _dispatch(args, launch: float) -> int:
     exp = api.load_experiment(args.experiment, args.overrides)
     if args.verb == "validate":
         info = api.validate(exp)
-        print(f"{args.experiment}: ok ({exp.name}: {exp.model.name} on {exp.data.dataset}, {info.n_train} train "
-              f"examples, shape {info.in_shape}, {info.num_classes} classes, ingest {info.ingest})")
+        print(f"{args.experiment}: ok ({exp.name}: {exp.model.name} on {exp.data.dataset}, {info.n_train} train / "
+              f"{info.n_val} val / {info.n_test or 'no'} test examples, shape {info.in_shape}, {info.num_classes} "
+              f"classes, ingest {info.ingest})")
         return 0
-    result = api.train(exp, resume=args.resume, launch=launch, verbose=args.verbose)
+    result = api._train(exp, model=None, datasets=None, resume=args.resume, callbacks=None, verbose=args.verbose,
+                        launch=launch)
     _print_summary(result.summary)
     print(next_commands(result.summary, args.experiment))
     _dump(args.summary_json, result.summary)
@@ -181,13 +189,18 @@ def _print_search(result) -> None:
     run = _short(s["run_dir"])
     print("\n== raytrain search ==")
     print(driver.table(s))
+    if s.get("confirmation"):
+        from raytrain.tuner.finalists import table
+
+        print("\n" + table(s["confirmation"], s.get("objective") or {}))
     print(f"\n{len(s['trials'])} trials, {s['trial_epochs']} trial-epochs, {s['wall_s']:.0f} s"
           + (f" (budget: {s['budget_note']})" if s.get("budget_note") else ""))
     print(f"results     {run}/search.json")
     print(f"curves      tensorboard --logdir {run}/tune")
     print(f"report      {_short(result.report)}")
     if result.best_yaml:
-        print(f"next: raytrain train {_short(result.best_yaml)}  (the best trial's experiment)")
+        what = "the confirmed winner's" if s.get("confirmation") else "the best trial's"
+        print(f"next: raytrain train {_short(result.best_yaml)}  ({what} experiment)")
 
 
 def _short(where: str) -> str:
@@ -211,11 +224,17 @@ def next_commands(s: dict, experiment: str) -> str:
 
 
 def _print_summary(s: dict) -> None:
-    m = s["final"]
+    m, splits = s["final"], s.get("splits") or {}
     print("\n== raytrain summary ==")
     print(f"status      {s['status']}" + (f": {s['error']}" if s.get("error") else ""))
     if "val_accuracy" in m:
-        print(f"val acc     {m['val_accuracy']:.4f} after {m.get('epoch')} epoch(s) (val loss {m['val_loss']:.4f})")
+        print(f"val acc     {m['val_accuracy']:.4f} after {m.get('epoch')} epoch(s) (val loss {m['val_loss']:.4f})"
+              + (f" on {splits['val']['source']}" if splits.get("val") else ""))
+        if m.get("test_accuracy") is not None:
+            print(f"test acc    {m['test_accuracy']:.4f} (test loss {m['test_loss']:.4f}) on "
+                  f"{splits.get('test', {}).get('source', 'the test split')}, read once at the end")
+        elif splits.get("test"):
+            print(f"test acc    {splits['test']['source']}")
         print(f"throughput  {m['samples_per_s']:.0f} samples/s, {m['step_ms']:.1f} ms/step, precision {m['precision']}")
     if "time_to_target_s" in m:
         print(f"to target   {m['time_to_target_s']:.1f} s ({m['time_to_target_epochs']} epochs of training)")
@@ -251,7 +270,8 @@ def missed_target(s: dict):
 
 def entry() -> None:
     """The console script: `main`, then exit without tearing the interpreter down module by module (torch,
-    Ray and pyarrow take ~1 s of the user's wait to do so; Ray is already shut down, files are closed)."""
+    Ray and pyarrow take a noticeable part of the user's wait to do so, docs/startup.md; Ray is already shut
+    down, files are closed)."""
     rc = main()
     logging.shutdown()
     sys.stdout.flush()

@@ -1,7 +1,7 @@
 """The experiment YAML: typed, validated, the public contract.
 
-Every key has a docstring (pydantic reads attribute docstrings into the schema, and the README's
-reference table is generated from it); unknown keys and wrong types are rejected. Cross-field rules
+Every key has a docstring (pydantic reads attribute docstrings into the schema, and docs/configuration.md
+is generated from it: `make docs`); unknown keys and wrong types are rejected. Cross-field rules
 that need more than one key live in `Experiment._check`. Reading files and `--set` overrides:
 `raytrain.configio`.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from raytrain.config_data import DataConfig, Strict  # noqa: F401  (re-exported: the data section)
 
@@ -87,7 +87,7 @@ class TrainConfig(Strict):
     """Optimizer settings."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """auto: bf16 where the device has native bf16, fp16+GradScaler on older GPUs, else fp32. fp16 on a CPU
-    worker is refused (2-24x slower). The run records what it used."""
+    worker is refused (far slower than fp32 there). The run records what it used."""
     channels_last: Union[Literal["auto"], bool] = "auto"
     """NHWC memory format (auto: on for models with 2-D convolutions)."""
     compile: bool = False
@@ -154,6 +154,15 @@ class WorkerResources(Strict):
 
 
 class ParallelConfig(WorkerResources):
+    workers: Union[int, tuple[int, int]] = 2
+    """Workers (Ray Train workers, or one process for a single in-process worker); [min, max]: an elastic
+    group, started once `min` fit, going on with fewer after a node is lost and growing back when nodes return
+    (each resize restarts the group from the newest checkpoint, the data re-split for the new world size).
+    train.batch_size stays the global batch whatever the world size: a rank whose share exceeds
+    batch_size / max accumulates gradients over micro-batches of at most that size."""
+    resize_check_s: float = Field(60.0, gt=0.0)
+    """workers: [min, max]: how often a running group checks whether more workers now fit (a grow restarts it
+    from the newest checkpoint: set checkpoint.every_steps to bound the steps redone)."""
     max_failures: int = Field(2, ge=0)
     """Failures survived by restarting from the latest checkpoint (worker group or in-process loop)."""
     isolate: bool = False
@@ -162,22 +171,69 @@ class ParallelConfig(WorkerResources):
     pipeline: PipelineConfig = PipelineConfig()
     """Pipeline-sharded model parallelism (torch.distributed.pipelining), combinable with data parallelism."""
 
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _range(cls, v):
+        if isinstance(v, (list, tuple)) and (len(v) != 2 or not all(isinstance(x, int) for x in v)):
+            raise ValueError("a number of workers, or [min, max] for an elastic group")
+        return v
+
+    @field_validator("workers")
+    @classmethod
+    def _ordered(cls, v):
+        lo, hi = (v, v) if isinstance(v, int) else v
+        if lo < 1:
+            raise ValueError("at least 1 worker")
+        if lo > hi:
+            raise ValueError("[min, max] needs min <= max")
+        return lo if lo == hi else (lo, hi)
+
+    @property
+    def min_workers(self) -> int:
+        return self.workers if isinstance(self.workers, int) else self.workers[0]
+
+    @property
+    def max_workers(self) -> int:
+        return self.workers if isinstance(self.workers, int) else self.workers[1]
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_workers < self.max_workers
+
+    @property
+    def world_sizes(self) -> range:
+        """Every world size an elastic group may train at (one, for a fixed `workers`)."""
+        return range(self.min_workers, self.max_workers + 1)
+
     @property
     def dp(self) -> int:
-        """Data-parallel degree: replicas of each pipeline stage."""
-        return self.workers // self.pipeline.stages
+        """Data-parallel degree at full size: replicas of each pipeline stage."""
+        return self.max_workers // self.pipeline.stages
 
 
 class CheckpointConfig(Strict):
-    every_epochs: int = Field(1, ge=1)
-    """Checkpoint every N epochs (and at the last)."""
+    every_epochs: Optional[int] = Field(1, ge=1)
+    """Checkpoint every N epochs (and at the last); null: only at the last (and at `every_steps`)."""
+    every_steps: Optional[int] = Field(None, ge=1)
+    """Also checkpoint every N optimizer steps inside an epoch: a resume continues at the next step (a lost node
+    costs at most N steps). Not in search trials (Tune restores trials at epoch ends)."""
+    notice_every_steps: int = Field(10, ge=1)
+    """In a worker group, ask Ray every N steps whether a node is being drained (a barrier across workers); a
+    notice makes the group checkpoint at that step and stop, to resume elsewhere."""
     keep: int = Field(2, ge=1)
     """Newest checkpoints kept."""
 
 
+class CallbackSpec(Strict):
+    name: str
+    """An importable `raytrain.Callback` subclass, "module:Name"."""
+    args: dict = {}
+    """Keyword arguments of its constructor."""
+
+
 class Experiment(Strict):
     """One experiment: what to train on which data, how, where, and with which speed techniques. Every key is
-    documented in the README's generated reference; unknown keys and wrong types are refused."""
+    documented in docs/configuration.md (generated); unknown keys and wrong types are refused."""
     name: str = Field("experiment", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     """Run name; runs land in <output>/<name>/<timestamp>/."""
     seed: int = 0
@@ -192,21 +248,26 @@ class Experiment(Strict):
     """Root of runs: a local path or a URI (`s3://bucket/prefix`, `gs://...`); a run never overwrites another."""
     output_shared: bool = False
     """Declare a local `output` path mounted by every node (NFS), so multi-node clusters accept it."""
+    callbacks: list[Union[str, CallbackSpec]] = []
+    """Callbacks at the loop's events, each "module:Name" or {name, args}: e.g. raytrain.integrations:TensorBoard,
+    raytrain.integrations:MLflow (see docs/callbacks.md)."""
 
     @model_validator(mode="after")
     def _check(self) -> "Experiment":
         t, p, par = self.train, self.pruning, self.parallel
         if par.pipeline.stages > 1:
             _check_pipeline(self)
-        elif t.batch_size % par.workers:
+        elif not par.elastic and t.batch_size % par.workers:
             raise ValueError(f"train.batch_size {t.batch_size} must be divisible by parallel.workers {par.workers}")
+        elif par.elastic:
+            _check_elastic(self)
         if t.schedule.warmup_epochs >= t.epochs and t.schedule.warmup_epochs > 0:
             raise ValueError(
                 f"train.schedule.warmup_epochs {t.schedule.warmup_epochs} must be shorter than train.epochs {t.epochs}")
         if t.precision == "fp16" and not par.use_gpu:
             raise ValueError("train.precision fp16 on a CPU worker is 2-24x slower than fp32; use bf16 (or auto)")
-        if par.use_gpu and par.gpus_per_worker < 1 and par.workers > 1:
-            raise ValueError(f"parallel.gpus_per_worker {par.gpus_per_worker:g} with {par.workers} workers: NCCL cannot "
+        if par.use_gpu and par.gpus_per_worker < 1 and par.max_workers > 1:
+            raise ValueError(f"parallel.gpus_per_worker {par.gpus_per_worker:g} with {par.max_workers} workers: NCCL cannot "
                              "put two ranks of one group on one GPU; use whole GPUs (fractions pack trials or one worker)")
         if par.use_gpu and par.gpus_per_worker > 1 and not float(par.gpus_per_worker).is_integer():
             raise ValueError(f"parallel.gpus_per_worker {par.gpus_per_worker:g}: above 1 it must be a whole number")
@@ -233,9 +294,26 @@ class Experiment(Strict):
         return self.train.batch_size // self.parallel.dp
 
 
+def _check_elastic(exp: "Experiment") -> None:
+    """Every world size of the range splits the global batch into equal shares, so the batch (and the learning
+    curve) does not depend on how many nodes are alive."""
+    import math
+
+    b, par = exp.train.batch_size, exp.parallel
+    bad = [w for w in par.world_sizes if b % w]
+    if bad:
+        lcm = math.lcm(*par.world_sizes)
+        raise ValueError(f"train.batch_size {b} with parallel.workers {list(par.workers)}: a group of "
+                         f"{', '.join(map(str, bad))} worker(s) cannot split it into equal shares; use a multiple of "
+                         f"{lcm} (e.g. {lcm * max(1, round(b / lcm))}) or narrow the range")
+
+
 def _check_pipeline(exp: "Experiment") -> None:
     """Pipeline settings that would fail (or hang one stage) at run time, refused up front."""
     t, par, pp = exp.train, exp.parallel, exp.parallel.pipeline
+    if par.elastic:  # each pipeline mode step is sized by parallel.workers, not by the group's world size
+        raise ValueError(f"parallel.workers {list(par.workers)}: an elastic range is not supported with "
+                         "parallel.pipeline yet; give a fixed number of workers")
     if par.workers % pp.stages:
         raise ValueError(f"parallel.workers {par.workers} must be divisible by parallel.pipeline.stages {pp.stages}")
     if t.batch_size % (par.dp * pp.microbatches):
@@ -247,7 +325,7 @@ def _check_pipeline(exp: "Experiment") -> None:
     if pp.schedule == "interleaved_1f1b" and pp.microbatches % pp.stages:
         raise ValueError(f"parallel.pipeline.microbatches {pp.microbatches} must be a multiple of stages "
                          f"{pp.stages} for interleaved_1f1b")
-    # Techniques that do not carry over to stages (README "Pipeline parallelism" says why).
+    # Techniques that do not carry over to stages (docs/pipeline.md says why).
     if t.precision == "fp16":
         raise ValueError("train.precision fp16 is not supported with parallel.pipeline (GradScaler's skip decision "
                          "would differ per stage); use bf16 or fp32")

@@ -54,10 +54,13 @@ class DataConfig(Strict):
     """Parquet: class-label column: integer class ids, or class names (strings: ids in sorted order, the
     list recorded in the run)."""
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
-    """Fraction held out for validation (mnist uses its official test set; streamed Parquet holds out whole
-    files)."""
+    """Fraction of the training data held out for validation, seeded by `seed` (mnist: of its 60,000 training
+    images; streamed Parquet holds out whole files). Searches and early stopping read this split."""
     val_path: Optional[str] = None
     """Parquet / images: a separate validation set (same layout) instead of holding out `val_fraction`."""
+    test_path: Optional[str] = None
+    """Parquet / images: a separate test set (same layout as `val_path`), read once at the end of a run and
+    reported as `test_accuracy`. mnist's test set is always its official 10,000 images; digits has none."""
     shape: Optional[list[int]] = None
     """Parquet: reshape flat feature lists to this per-example shape, e.g. [1, 28, 28] (default: as stored)."""
     image_size: Optional[Union[int, list[int]]] = None
@@ -83,6 +86,15 @@ class DataConfig(Strict):
     device_cache: Union[Literal["auto"], bool] = "auto"
     """Keep each worker's training shard on its device as stored (uint8 stays uint8) and cut shuffled
     batches there. auto: on a GPU when the shard fits in a quarter of its free memory; never on a CPU."""
+
+    @field_validator("test_path")
+    @classmethod
+    def _test_set(cls, v, info):
+        dataset = info.data.get("dataset")
+        if v is not None and dataset in ("digits", "mnist"):
+            has = "its official test set is used" if dataset == "mnist" else "it has no test set"
+            raise ValueError(f"parquet and images datasets only ({dataset}: {has}); remove data.test_path")
+        return v
 
     @field_validator("image_size")
     @classmethod

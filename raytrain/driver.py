@@ -17,20 +17,22 @@ import os
 import resource
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 
 from raytrain import checkpoint as ckpt
 from raytrain.data import prepare as data_mod
-from raytrain import loop, runtime, storage
+from raytrain import loop, recovery, runtime, storage
 from raytrain.config import Experiment
+from raytrain.callbacks import Callback, from_names
 from raytrain.configio import to_yaml
 from raytrain.data.ingest import Ingest, build, from_user, steps_per_epoch
-from raytrain.errors import UserError
+from raytrain.errors import Interrupted, UserError
 from raytrain.hosts import LocalHost, read_rows
 from raytrain.models import check_model
 from raytrain.plan import RunPlan
+from raytrain.records import RunSummary
 from raytrain.techniques import augment
 from raytrain.techniques.pruning import check_supported
 
@@ -65,7 +67,8 @@ def warm_up() -> None:
 
 
 def check_model_fits(exp: Experiment, info: data_mod.DataInfo, factory: Optional[Callable] = None) -> None:
-    if info.n_train < exp.parallel.workers:
+    from_names(exp.callbacks)  # the YAML's callbacks import and construct, before anything is created
+    if info.n_train < exp.parallel.max_workers:
         raise UserError(f"parallel.workers {exp.parallel.workers}: more workers than training examples ({info.n_train})")
     m = exp.model
     model = check_model(m.name, info.in_shape, info.num_classes, m.width, m.dropout, factory=factory, kwargs=m.kwargs)
@@ -83,7 +86,7 @@ def check_model_fits(exp: Experiment, info: data_mod.DataInfo, factory: Optional
 
 def _one_local_worker(exp: Experiment) -> bool:
     par = exp.parallel
-    return par.workers == 1 and par.pipeline.stages == 1 and not par.isolate and not par.worker_resources
+    return par.max_workers == 1 and par.pipeline.stages == 1 and not par.isolate and not par.worker_resources
 
 
 def without_ray(exp: Experiment, datasets: Optional[dict] = None) -> bool:
@@ -100,8 +103,8 @@ def in_process(exp: Experiment) -> bool:
     par = exp.parallel
     if not _one_local_worker(exp):
         return False
-    if par.use_gpu and torch.cuda.device_count() != 1:
-        return False  # no GPU here (Ray places the worker where one is), or several: Ray picks which one
+    if par.use_gpu and not runtime.one_gpu_for_ray_and_here():
+        return False  # Ray places the worker on the GPU it reserves (and sets what the worker sees)
     return not runtime.multi_node()
 
 
@@ -112,16 +115,21 @@ def check_resources(exp: Experiment, local: bool, info: data_mod.DataInfo, on_ra
     if not on_ray:
         runtime.check_fits_here(par.bundle())
         return
-    runtime.check_fits(par.workers, par.bundle(), exp.data.stream_cpus if info.ingest == "stream" else 0.0)
+    # an elastic group starts once its minimum fits
+    runtime.check_fits(par.min_workers, par.bundle(), exp.data.stream_cpus if info.ingest == "stream" else 0.0)
     if not local:
         runtime.check_shared_output(exp.output, exp.output_shared)
 
 
+def workers_text(par) -> str:
+    return f"{par.min_workers}-{par.max_workers} (elastic)" if par.elastic else str(par.workers)
+
+
 def run(exp: Experiment, resume: Optional[str] = None, launch: Optional[float] = None,
         prepared: Optional[Prepared] = None, factory: Optional[Callable] = None,
-        datasets: Optional[dict] = None, ray: str = "embedded") -> dict[str, Any]:
+        datasets: Optional[dict] = None, ray: str = "embedded", callbacks: Iterable[Callback] = ()) -> RunSummary:
     """Train `exp` (in a new run folder, or continuing `resume`); returns the summary also written to
-    result.json. `launch` is when the user's command started (for time-to-first-step); `prepared` is
+    result.json. `callbacks` (instances) join the YAML's in the loop of every worker. `launch` is when the user's command started (for time-to-first-step); `prepared` is
     `preflight(exp)` if the caller already ran it; `factory` / `datasets` come from the Python API; `ray` is
     the Ray session the caller holds ("embedded", "cluster", "existing") or "none" (`without_ray`)."""
     launch = launch or time.time()
@@ -140,6 +148,7 @@ def run(exp: Experiment, resume: Optional[str] = None, launch: Optional[float] =
         prep = prepared or preflight(exp, factory)
     marks["data_ready"] = time.time()  # with `prepared`: only what ray.init did not hide
     local = in_process(exp) if on_ray else True
+    interrupted: Optional[str] = None
     check_resources(exp, local, prep.info, on_ray)
     if run_dir is None:
         run_dir = storage.new_run_dir(storage.resolve(exp.output), exp.name)
@@ -147,9 +156,9 @@ def run(exp: Experiment, resume: Optional[str] = None, launch: Optional[float] =
             exp = keep_data(exp, decoded, run_dir)
     (run_dir / (ckpt.CONFIG if resume is None else f"config.resume-{int(launch)}.yaml")).write_text(to_yaml(exp))
     info = prep.info
-    log.info(f"run {run_dir}  ({info.n_train} train / {info.n_val} val examples, shape {info.in_shape}, "
-             f"{info.num_classes} classes, {exp.parallel.workers} worker(s), {'in-process' if local else 'worker group'}, "
-             f"{info.ingest})")
+    log.info(f"run {run_dir}  ({info.n_train} train / {info.n_val} val / {info.n_test or 'no'} test examples, "
+             f"shape {info.in_shape}, {info.num_classes} classes, {workers_text(exp.parallel)} worker(s), "
+             f"{'in-process' if local else 'worker group'}, {info.ingest})")
     logged = len(read_rows(run_dir)) if resume is not None else 0  # a resumed run's start-up: its first new row
     ingest = user or (build(exp, info, prep.source) if on_ray else in_memory(info))
     marks["datasets_ready"] = time.time()
@@ -160,28 +169,50 @@ def run(exp: Experiment, resume: Optional[str] = None, launch: Optional[float] =
                    compile_cache=str(storage.local_cache_root(exp.output) / "inductor"),
                    mode="in-process" if local else "worker-group")
     if local:
-        metrics, checkpoint, error = _train_here(exp, plan, ingest, run_dir, factory, marks, on_ray)
+        try:
+            metrics, checkpoint, error = _train_here(exp, plan, ingest, run_dir, factory, marks, on_ray, callbacks)
+        except Interrupted as e:
+            interrupted = f"{e}; `raytrain train --resume {run_dir.uri}` continues at the next step"
+            metrics, checkpoint, error = {"stop_reason": "interrupted"}, None, None
     else:
         from raytrain.worker_group import fit
 
-        metrics, checkpoint, error = fit(exp, plan, ingest, run_dir, factory)
+        metrics, checkpoint, error = fit(exp, plan, ingest, run_dir, factory, list(callbacks))
     rows = read_rows(run_dir)
     first = rows[logged] if len(rows) > logged else {}
     if error is None and not metrics and rows:
         metrics = rows[-1]
     summary = {
-        "run_dir": run_dir.uri, "status": "failed" if error else metrics.get("stop_reason", "completed"),
+        "run_dir": run_dir.uri, "status": _status(error, metrics),
         "error": error, "wall_s": time.time() - launch, "final": metrics, "mode": plan.mode, "ingest": info.ingest,
         "checkpoint": checkpoint or _last_checkpoint(run_dir), "metrics_log": (run_dir / ckpt.METRICS).uri,
         "config": exp.model_dump(mode="json"), "first_step_s": first.get("first_step_s"), "ray": ray,
-        "classes": info.classes,
+        "classes": info.classes, **splits_summary(info),
         "startup": startup_breakdown(launch, marks, first, plan.mode, on_ray),
         "startup_side_by_side": {k: round(t - launch, 2) for k, t in (("ray_init", prep.ray_up_at),
                                  ("imports_and_checks", prep.checked_at)) if t},
         "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this process alone
     }
-    (run_dir / ckpt.RESULT).write_text(json.dumps(summary, indent=2, default=str))
-    return summary
+    result = RunSummary(**summary)
+    (run_dir / ckpt.RESULT).write_text(json.dumps(result.as_dict(), indent=2, default=str))
+    if interrupted:
+        raise Interrupted(interrupted)
+    return result
+
+
+def _status(error: Optional[str], final: dict) -> str:
+    if error:
+        return "failed"
+    return final.get("stop_reason", "completed")
+
+
+def splits_summary(info: data_mod.DataInfo) -> dict:
+    """How many examples each split holds and where validation and test come from (a dataset with no test
+    set: `examples` None, and `source` says why): every number in a summary names its split (val_* on
+    validation, test_* on the test set, read once at the end)."""
+    return {"splits": {"train": {"examples": info.n_train},
+                       "val": {"examples": info.n_val, "source": info.val_source},
+                       "test": {"examples": info.n_test if info.test_path else None, "source": info.test_source}}}
 
 
 def keep_data(exp: Experiment, decoded: dict, run_dir: storage.Location) -> Experiment:
@@ -195,7 +226,8 @@ def keep_data(exp: Experiment, decoded: dict, run_dir: storage.Location) -> Expe
         ds.repartition(max(1, -(-ds.size_bytes() // (256 << 20)))).write_parquet(path, filesystem=fs)
         data[split] = where.uri
     return exp.model_copy(update={"data": exp.data.model_copy(update={
-        "dataset": "parquet", "path": data["train"], "val_path": data["val"], "features": "x", "label": "y",
+        "dataset": "parquet", "path": data["train"], "val_path": data["val"], "test_path": data.get("test"),
+        "features": "x", "label": "y",
         "shape": None, "ingest": "materialize"})})
 
 
@@ -208,16 +240,20 @@ def _resume_dir(resume) -> storage.Location:
 
 
 def in_memory(info: data_mod.DataInfo) -> Ingest:
-    """A run with no Ray: the cache's train and val files read into arrays here (pyarrow, no Ray Data)."""
+    """A run with no Ray: the cache's train and val (and test) files read into arrays here (pyarrow, no Ray
+    Data)."""
     from raytrain.data.memory import read_cache
 
-    splits = {"train": read_cache(info.train_path, info.in_shape), "val": read_cache(info.val_path, info.in_shape)}
+    paths = {"train": info.train_path, "val": info.val_path, **({"test": info.test_path} if info.test_path else {})}
+    splits = {name: read_cache(path, info.in_shape) for name, path in paths.items()}
     return Ingest(splits, {name: [name] for name in splits})
 
 
-def _train_here(exp, plan, ingest, run_dir, factory, marks, on_ray=True) -> tuple[dict, Optional[str], Optional[str]]:
+def _train_here(exp, plan, ingest, run_dir, factory, marks, on_ray=True,
+                callbacks: Iterable[Callback] = ()) -> tuple[dict, Optional[str], Optional[str]]:
     """The one worker in this process; a Python error restarts it from the latest checkpoint, up to
-    parallel.max_failures times (a SIGKILL ends the process: `--resume` continues the run). On Ray its
+    parallel.max_failures times, once the failed attempt is freed; not after a CUDA error that leaves the GPU
+    unusable (`raytrain.recovery`; a SIGKILL ends the process: `--resume` continues the run). On Ray its
     resources are held in a placement group while it trains; with no Ray there is nobody to hold them from."""
     device = torch.device("cuda", torch.cuda.current_device()) if exp.parallel.use_gpu else torch.device("cpu")
     host = LocalHost(ingest.datasets, device, run_dir, exp.checkpoint.keep)
@@ -226,17 +262,21 @@ def _train_here(exp, plan, ingest, run_dir, factory, marks, on_ray=True) -> tupl
         marks["worker_entered"] = time.time()
         while True:
             try:
-                loop.run(host, plan, factory, entered=marks["worker_entered"])
+                with runtime.notice_listener():  # SIGTERM: a checkpoint at the next step, then Interrupted
+                    loop.run(host, plan, factory, entered=marks["worker_entered"], callbacks=callbacks)
                 return {}, None, None
-            except (UserError, KeyboardInterrupt):
+            except (UserError, KeyboardInterrupt, Interrupted):
                 raise
             except Exception as e:
                 failures += 1
                 reason = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"[:300]
-                if failures > exp.parallel.max_failures:
-                    return {}, None, reason
-                log.warning(f"training failed ({reason}); restart {failures}/{exp.parallel.max_failures} from the "
-                            "latest checkpoint")
+            broken = recovery.release_attempt(device)  # here, its traceback gone: the failed attempt's memory back
+            if broken is not None:
+                return {}, None, recovery.not_restarted(reason, broken, run_dir.uri)
+            if failures > exp.parallel.max_failures:
+                return {}, None, reason
+            log.warning(f"training failed ({reason}); restart {failures}/{exp.parallel.max_failures} from the "
+                        "latest checkpoint")
 
 
 def startup_breakdown(launch: float, marks: dict, first_row: dict, mode: str, on_ray: bool = True) -> dict:

@@ -1,7 +1,8 @@
 """One epoch of training and of evaluation: plain PyTorch, nothing of Ray.
 
 Batches are dicts {"x": features, "y": labels} from any iterable; sums (not means) come back
-so data-parallel ranks can be reduced exactly. raytrain adds no wait for the GPU per step: sums stay on the
+so data-parallel ranks can be reduced exactly. `run_steps` is the one step loop: data parallelism and
+pipelines differ only in the step they hand it. raytrain adds no wait for the GPU per step: sums stay on the
 device, a GradScaler skip is read one step late (`SkipWatch`), and time is measured at the epoch's edges (with
 a synchronize) plus the time spent waiting for the next batch. (GradScaler.step itself still reads its
 found-inf flag every step, except with optimizers that take the flag in-kernel.)
@@ -9,6 +10,7 @@ found-inf flag every step, except with optimizers that take the flag in-kernel.)
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -17,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from raytrain.callbacks import EpochClock
+from raytrain.records import EvalSums, TrainSums
 from raytrain.techniques.memory_format import to_input_format
 from raytrain.techniques.precision import SkipWatch, autocast
 
@@ -33,10 +37,14 @@ class StepEnv:
     augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # training batches only, before normalising
 
     def inputs(self, batch: dict, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        x = batch["x"].to(self.device, non_blocking=True).float() * self.scale
+        x = batch["x"].to(self.device, non_blocking=True)
+        x = x if x.dtype == torch.float32 else x.float()
+        if self.scale != 1.0:  # each op skipped is a kernel launch saved per step (a normalised device cache)
+            x = x * self.scale
         if train and self.augment is not None:
             x = self.augment(x)
-        x = (x - self.mean) / self.std
+        if self.mean != 0.0 or self.std != 1.0:
+            x = (x - self.mean) / self.std
         return to_input_format(x, self.channels_last), batch["y"].to(self.device, non_blocking=True).long()
 
     def synchronize(self) -> None:
@@ -70,74 +78,121 @@ def timed(batches, clock: list):
         yield batch
 
 
-def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, stepper: SchedulerStepper,
-                scaler: torch.amp.GradScaler, env: StepEnv, max_grad_norm: float | None = None,
-                on_step: Callable[[int, Callable], float] | None = None) -> dict:
-    """Train over `batches`; returns sums (loss_sum, correct, count, steps, skipped_steps), the seconds
-    spent waiting for input, and the wall-clock time the first step had finished. `on_step(steps, clock)`,
-    if given, runs after every step; `clock(sync)` is the epoch's training seconds so far (with sync=True,
-    once the device has finished the queued steps); it returns the seconds it spent that are not training
-    (e.g. an evaluation mid-epoch: `probe_seconds`)."""
-    model.train()
-    started, paused = time.perf_counter(), 0.0
+class DataParallelStep:
+    """One optimizer step of a (possibly DDP-wrapped) model: forward under autocast, scaled backward, optional
+    clipping, the optimizer and the LR schedule. Returns the step's loss sum, correct count and batch size,
+    left on the device (no wait for the GPU).
 
-    def clock(sync: bool = False) -> float:
-        if sync:
-            env.synchronize()
-        return time.perf_counter() - started - paused
+    `micro_batch`: a batch larger than this is cut into the fewest near-equal micro-batches of at most that many
+    examples, each backward weighted by its share of the batch, gradients accumulated (DDP all-reduces once, on
+    the last): one optimizer step on the gradient of the whole batch's mean loss, the same as one pass up to
+    float rounding (BatchNorm aside: it normalises each micro-batch on its own). An elastic group running below
+    its maximum size gives each rank a larger share of the same global batch this way, in the same memory."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, stepper: SchedulerStepper,
+                 scaler: torch.amp.GradScaler, env: StepEnv, max_grad_norm: float | None = None,
+                 micro_batch: Optional[int] = None):
+        self.model, self.optimizer, self.stepper, self.scaler, self.env = model, optimizer, stepper, scaler, env
+        self.max_grad_norm, self.watch, self.taken = max_grad_norm, SkipWatch(scaler), 0
+        self.micro_batch = micro_batch
+
+    def _settle_previous(self) -> None:  # the LR schedule follows only the steps GradScaler did not skip
+        if not self.watch.resolve():
+            self.stepper.step()
+
+    def __call__(self, batch: dict):
+        x, y = self.env.inputs(batch, train=True)
+        n = y.numel()
+        parts = -(-n // self.micro_batch) if self.micro_batch and n > self.micro_batch else 1
+        if parts == 1:
+            with autocast(self.env.precision, self.env.device):
+                logits = self.model(x)
+                loss = F.cross_entropy(logits.float(), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            loss_sum, correct = loss.detach().double() * n, (logits.detach().argmax(1) == y).sum()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss_sum, correct = self._accumulate(x, y, parts)
+        self._update()
+        return loss_sum, correct, n
+
+    def _accumulate(self, x: torch.Tensor, y: torch.Tensor, parts: int):
+        """Backward over `parts` micro-batches; DDP's all-reduce held back (`no_sync`) until the last."""
+        n, loss_sum, correct = y.numel(), 0.0, 0
+        no_sync = getattr(self.model, "no_sync", None)
+        for i, (xs, ys) in enumerate(zip(x.tensor_split(parts), y.tensor_split(parts))):
+            with no_sync() if no_sync is not None and i < parts - 1 else contextlib.nullcontext():
+                with autocast(self.env.precision, self.env.device):
+                    logits = self.model(xs)
+                    loss = F.cross_entropy(logits.float(), ys)
+                self.scaler.scale(loss * (ys.numel() / n)).backward()
+            loss_sum = loss_sum + loss.detach().double() * ys.numel()
+            correct = correct + (logits.detach().argmax(1) == ys).sum()
+        return loss_sum, correct
+
+    def _update(self) -> None:
+        """Clip, step the optimizer (GradScaler may skip it) and the LR schedule."""
+        if self.max_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+        if self.watch.enabled and self.taken:
+            self._settle_previous()  # step t-1's answer, read while step t is queued
+        before = self.watch.before_update()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.watch.after_update(before)
+        if not self.watch.enabled:
+            self.stepper.step()
+        self.taken += 1
+
+    def finish(self) -> int:
+        """Settle the last step's skip; returns how many steps GradScaler skipped."""
+        if self.watch.enabled and self.taken:
+            self._settle_previous()
+        return self.watch.skipped
+
+
+def run_steps(batches, step: Callable, env: StepEnv, on_step: Optional[Callable] = None,
+              first_step: int = 1) -> TrainSums:
+    """The one step loop of every mode: `step(batch)` -> (loss sum, correct, n) for each batch, timed.
+    `on_step(step, clock, running)` runs after each (steps numbered from `first_step`, so a resumed epoch goes
+    on counting; `running()` is the sums so far, read only when asked: it waits for the device); it returns
+    True to end the epoch there. Sums stay on the device until the epoch ends."""
+    clock = EpochClock(env.synchronize)
     loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
     correct = torch.zeros((), dtype=torch.int64, device=env.device)
-    watch = SkipWatch(scaler)
     count = steps = 0
     wait = [0.0]
-    first_step_at = None
-
-    def settle_previous() -> None:  # the LR schedule follows only the steps GradScaler did not skip
-        if not watch.resolve():
-            stepper.step()
-
     for batch in timed(batches, wait):
-        x, y = env.inputs(batch, train=True)
-        with autocast(env.precision, env.device):
-            logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if max_grad_norm is not None:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-        if watch.enabled and steps:
-            settle_previous()  # step t-1's answer, read while step t is queued
-        before = watch.before_update()
-        scaler.step(optimizer)
-        scaler.update()
-        watch.after_update(before)
-        if not watch.enabled:
-            stepper.step()
-        n = y.numel()
-        loss_sum += loss.detach().double() * n
-        correct += (logits.detach().argmax(1) == y).sum()
+        ls, c, n = step(batch)
+        loss_sum += ls
+        correct += c
         count += n
         steps += 1
-        if first_step_at is None:
-            env.synchronize()  # once: the first step's time is when it really finished
-            first_step_at = time.time()
-        if on_step is not None:
-            spent = on_step(steps, clock)
-            if spent:
-                paused += spent
-                model.train()  # the probe evaluated in eval mode
-    if watch.enabled and steps:
-        settle_previous()
+        if on_step is not None and on_step(first_step + steps - 1, clock, lambda: TrainSums(
+                float(loss_sum), int(correct), count, steps, 0, wait[0], clock.paused_s)):
+            break
     env.synchronize()
-    return {"loss_sum": float(loss_sum), "correct": int(correct), "count": count, "steps": steps,
-            "skipped_steps": watch.skipped, "wait_seconds": wait[0], "first_step_at": first_step_at or time.time(),
-            "probe_seconds": paused}
+    return TrainSums(float(loss_sum), int(correct), count, steps, 0, wait[0], clock.paused_s)
+
+
+def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, stepper: SchedulerStepper,
+                scaler: torch.amp.GradScaler, env: StepEnv, max_grad_norm: float | None = None,
+                on_step: Optional[Callable] = None, first_step: int = 1, micro_batch: Optional[int] = None) -> TrainSums:
+    """Train `model` over `batches` (see `run_steps`; `micro_batch`: see `DataParallelStep`); the sums include
+    the steps GradScaler skipped."""
+    model.train()
+    step = DataParallelStep(model, optimizer, stepper, scaler, env, max_grad_norm, micro_batch)
+    sums = run_steps(batches, step, env, on_step, first_step)
+    sums.skipped_steps = step.finish()
+    return sums
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches, env: StepEnv) -> dict:
-    """Sums of loss and correct predictions over `batches`."""
+def evaluate(model: nn.Module, batches, env: StepEnv) -> EvalSums:
+    """Sums of loss and correct predictions over `batches`; the model's train/eval mode is put back."""
+    was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
     correct = torch.zeros((), dtype=torch.int64, device=env.device)
@@ -149,4 +204,5 @@ def evaluate(model: nn.Module, batches, env: StepEnv) -> dict:
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
         count += y.numel()
-    return {"loss_sum": float(loss_sum), "correct": int(correct), "count": count}
+    model.train(was_training)
+    return EvalSums(float(loss_sum), int(correct), count)

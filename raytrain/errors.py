@@ -16,6 +16,14 @@ class UserError(Exception):
     """A problem with the user's input, reported as one line naming the culprit."""
 
 
+EXIT_INTERRUPTED = 143  # 128 + SIGTERM, what a process stopped by SIGTERM conventionally exits with
+
+
+class Interrupted(Exception):
+    """Training stopped on a notice (SIGTERM) after writing a checkpoint at a step boundary; `--resume`
+    continues from it. The message says where."""
+
+
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

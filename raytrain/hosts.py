@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from typing import Optional
 
 import torch
 
+from raytrain import _ray_compat
 from raytrain import checkpoint as ckpt
 from raytrain import storage
 from raytrain.plan import RunPlan
@@ -28,6 +30,7 @@ class Host:
     rank = 0
     world = 1
     device = torch.device("cpu")
+    notice_stops = True  # after the notice's checkpoint: stop (this process is going away) or train on
 
     def shard(self, name: str):
         raise NotImplementedError
@@ -40,7 +43,14 @@ class Host:
         """The folder holding this run's checkpoint_* (listed for older ones)."""
         return None
 
-    def report(self, metrics: dict, files: Optional[dict[str, bytes]]) -> None:
+    def notice(self, step: int) -> Optional[str]:
+        """Why this worker must checkpoint and stop now (a drained node, SIGTERM), or None. Called at every
+        step boundary, on every rank (a host whose check is a collective runs it on the same steps everywhere)."""
+        return None
+
+    def report(self, metrics: dict, files: Optional[dict[str, bytes]]) -> Optional[str]:
+        """Write the row (and the checkpoint `files`, if any); returns the checkpoint's URI where this host
+        knows it (rank 0 of a worker group, an in-process run), else None."""
         raise NotImplementedError
 
 
@@ -51,6 +61,9 @@ def _directory(files: dict[str, bytes]) -> tempfile.TemporaryDirectory:
 
 
 class TrainHost(Host):
+    notice_stops = False  # a drained node: checkpoint now, train on; Ray Train restarts the group from that
+    # checkpoint when the node goes (a worker function that returned would end the run as finished)
+
     def __init__(self, plan: RunPlan):
         import ray.train
         import ray.train.torch
@@ -60,11 +73,23 @@ class TrainHost(Host):
         self.device = ray.train.torch.get_device()
         self.plan = plan
         self.log: Optional[MetricsLog] = None
+        self.every = plan.exp().checkpoint.notice_every_steps
 
     def shard(self, name: str):
         import ray.train
 
         return ray.train.get_dataset_shard(name)
+
+    def notice(self, step: int) -> Optional[str]:
+        """Ray Train's preemption notice (a node of the group being drained, with a deadline), asked every
+        `checkpoint.notice_every_steps` steps: the call is a barrier across the group's workers."""
+        if step % self.every != 0:
+            return None
+        info = _ray_compat.preemption_info()
+        if info is None:
+            return None
+        left = f", {max(info.deadline_ms / 1000 - time.time(), 0):.0f} s before its deadline" if info.deadline_ms else ""
+        return f"node {', '.join(n[:8] for n in info.preempted_node_ids())} drained{left}"
 
     def registered(self) -> Optional[Location]:
         """Ray Train's latest registered checkpoint, as a folder of this run's checkpoint storage (so its URI
@@ -79,7 +104,7 @@ class TrainHost(Host):
     def checkpoints(self) -> Optional[Location]:
         return storage.resolve(self.plan.checkpoints) if self.plan.checkpoints else None
 
-    def report(self, metrics: dict, files: Optional[dict[str, bytes]]) -> None:
+    def report(self, metrics: dict, files: Optional[dict[str, bytes]]) -> Optional[str]:
         """Ray Train persists the checkpoint (under rank 0's folder name, shared by every rank's shard), then
         rank 0 logs the row: a report the controller had not polled when a worker died would lose it."""
         import ray.train
@@ -97,6 +122,11 @@ class TrainHost(Host):
             if files:
                 row["checkpoint"] = (self.checkpoints() / name).uri
             self.log.append(row)
+        if self.world > 1:  # rank 0's checkpoint upload ends before any rank's next NCCL collective waits on it
+            from ray.train.collective import barrier
+
+            barrier()
+        return row.get("checkpoint") if self.rank == 0 and self.plan.run_dir and files else None
 
 
 class TuneHost(Host):
@@ -112,14 +142,15 @@ class TuneHost(Host):
         cp = tune.get_checkpoint()
         return storage.from_fs(cp.filesystem, cp.path) if cp is not None else None
 
-    def report(self, metrics: dict, files: Optional[dict[str, bytes]]) -> None:
+    def report(self, metrics: dict, files: Optional[dict[str, bytes]]) -> Optional[str]:
         from ray import tune
 
         if not files:
             tune.report(metrics)
-            return
+            return None
         with _directory(files) as d:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        return None  # Tune persists it under a name of its own
 
 
 class LocalHost(Host):
@@ -138,7 +169,13 @@ class LocalHost(Host):
     def checkpoints(self) -> Optional[Location]:
         return self.storage
 
-    def report(self, metrics: dict, files: Optional[dict[str, bytes]]) -> None:
+    def notice(self, step: int) -> Optional[str]:
+        """SIGTERM (Kubernetes, `ray job stop`) while training: checkpoint at this step and stop."""
+        from raytrain.runtime import notice
+
+        return notice()
+
+    def report(self, metrics: dict, files: Optional[dict[str, bytes]]) -> Optional[str]:
         row = dict(metrics)
         if files:
             target = self.storage / ckpt.new_dir_name()
@@ -149,6 +186,7 @@ class LocalHost(Host):
             for old in [d for d in folders if d not in done] + done[self.keep:]:  # cut-short copies go first
                 old.delete_dir()
         self.log.append(row)
+        return row.get("checkpoint")
 
 
 class MetricsLog:
@@ -164,6 +202,9 @@ class MetricsLog:
         self.loc.write_text("\n".join(self.lines) + "\n")
 
 
-def read_rows(run: Location) -> list[dict]:
+def read_rows(run: Location, steps: bool = False) -> list[dict]:
+    """A run's metrics.jsonl rows: one per epoch (and per rung probe); `steps` adds the rows of checkpoints
+    taken inside an epoch (`step_checkpoint`)."""
     log = run / ckpt.METRICS
-    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    return rows if steps else [r for r in rows if not r.get("step_checkpoint")]

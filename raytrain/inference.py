@@ -37,7 +37,7 @@ class Evaluation:
     count: int
     """Examples scored."""
     data: str
-    """What was scored: the run's validation split, or the dataset given."""
+    """What was scored: the run's validation or test split (and where it comes from), or the dataset given."""
     checkpoint: str
     """The checkpoint the weights came from."""
 
@@ -129,26 +129,42 @@ def cache_batches(path: str, in_shape: tuple):
         yield flat.reshape(len(batch), *in_shape), batch.column("y").to_numpy()
 
 
-def _val_split(run_dir: str, exp: Experiment, cfg: DataConfig, clf):
-    """The validation split of `cfg` (the run's data unless overridden), as training held it out; decoded data
-    is cached where training cached it (beside `<output>`, the run folder's grandparent), wherever this runs."""
+def run_split(run_dir: str, exp: Experiment, cfg: DataConfig, clf, split: str = "val"):
+    """(batches, what) of the run's `split` ("val" or "test") of `cfg` (the run's data unless overridden):
+    validation held out exactly as training held it out (the same preparation, with the run's seed); decoded
+    data is cached where training cached it (beside `<output>`, the run folder's grandparent), wherever this
+    runs."""
     from raytrain.data import prepare as data
+    from raytrain.data import splits
 
     output = str(Path(run_dir).resolve().parent.parent) if not storage.is_uri(run_dir) else exp.output
     cache = storage.local_cache_root(output) / "data"
+    val = split == "val"
     if cfg.dataset not in ("parquet", "images") or data.ingest_mode(cfg) == "materialize":  # built-ins: the cache
         info = data.prepare(cfg, exp.seed, cache)
-        return cache_batches(info.val_path, info.in_shape), f"the validation split of {_describe(cfg)}"
-    if cfg.dataset == "images":
+        path, source = (info.val_path, info.val_source) if val else (info.test_path, info.test_source)
+        batches = cache_batches(path, info.in_shape) if path else None
+    elif cfg.dataset == "images":
         from raytrain.data import folders
 
         tree = folders.scan(cfg, exp.seed)
-        return image_batches(tree.val, tree.fs, tree.y_val, cfg, clf), f"the validation split of {_describe(cfg)}"
-    from raytrain.data import parquet
+        if val:
+            source = splits.describe_val(cfg, exp.seed, len(tree.val), tree.val_from)
+        else:
+            source = splits.describe_test(cfg, len(tree.test), tree.test_from)
+        paths, ys = (tree.val, tree.y_val) if val else (tree.test, tree.y_test)
+        batches = image_batches(paths, tree.fs, ys, cfg, clf) if paths else None
+    else:
+        from raytrain.data import parquet
 
-    src = parquet.inspect(cfg, exp.seed)
-    batches = (b for f in src.val for b in parquet_batches(f, cfg, clf, labelled=True))
-    return batches, f"the validation files of {_describe(cfg)}"
+        src = parquet.inspect(cfg, exp.seed)
+        files, source = (src.val, src.val_source) if val else (src.test, src.test_source)
+        batches = (b for f in files for b in parquet_batches(f, cfg, clf, labelled=True)) if files else None
+    if batches is None:
+        how = "set one with --set data.test_path=PATH, or " if cfg.dataset in ("parquet", "images") else ""
+        raise UserError(f"--split test: {_describe(cfg)} has no test set ({source}); {how}score other data with "
+                        "--data PATH")
+    return batches, f"the {'validation' if val else 'test'} split, {source}"
 
 
 def _describe(cfg: DataConfig) -> str:
@@ -193,14 +209,20 @@ def _scores(clf, x: np.ndarray) -> torch.Tensor:
 
 
 def evaluate(run_dir: str, data: Optional[str] = None, overrides: Optional[list[str]] = None,
-             model: Optional[Callable] = None) -> Evaluation:
-    """Accuracy and loss of a run's newest checkpoint on its validation split (`overrides`: `data.KEY=VALUE`
-    changes to the run's data block first), or on every row of `data` (a Parquet file/folder/URI with the
-    run's feature and label columns, or an image folder `<class>/<image>`)."""
+             model: Optional[Callable] = None, split: Optional[str] = None) -> Evaluation:
+    """Accuracy and loss of a run's newest checkpoint on its validation split, or its test split
+    (`split="test"`) (`overrides`: `data.KEY=VALUE` changes to the run's data block first), or on every row
+    of `data` (a Parquet file/folder/URI with the run's feature and label columns, or an image folder
+    `<class>/<image>`)."""
+    if split not in (None, "val", "test"):
+        raise UserError(f"--split {split}: give val or test")
+    if split is not None and data is not None:
+        raise UserError(f"--split {split} and --data {data}: give one (--split scores one of the run's splits, "
+                        "--data other data)")
     clf, exp = _run(run_dir, model)
     cfg = _data_cfg(exp, overrides)
     if data is None:
-        batches, what = _val_split(str(run_dir), exp, cfg, clf)
+        batches, what = run_split(str(run_dir), exp, cfg, clf, split or "val")
     elif _is_images(storage.resolve(data, "--data")):
         _, batches = _folder(data, cfg, clf, labelled=True)
         what = data

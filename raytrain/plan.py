@@ -22,7 +22,6 @@ class RunPlan:
     launch_time: Optional[float] = None  # when the user's command started (time-to-first-step)
     compile_cache: Optional[str] = None  # TORCHINDUCTOR_CACHE_DIR for train.compile
     mode: str = "worker-group"  # worker-group | in-process | trial
-    probe_at_s: list[float] = field(default_factory=list)  # a search's rungs on training seconds: report val there
 
     def exp(self) -> Experiment:
         return Experiment.model_validate_json(self.experiment)

@@ -2,7 +2,9 @@
 output is a terminal, else a plain line every `RAYTRAIN_PROGRESS_S` seconds (10 by default: CI logs,
 `ray job submit`, a Ray worker's output). Short epochs print nothing extra; nothing is printed per step.
 
-It runs after every step (`epoch.train_epoch`'s `on_step`), so it only reads a clock and compares.
+It runs after every step (a callback's `on_step_end`), so it only reads a clock and compares. Beside it,
+`StartupMarks`: when the worker entered, when its model was ready and when its first step finished, as
+seconds since the user's command started, on the first epoch's record (the driver's start-up breakdown).
 """
 
 from __future__ import annotations
@@ -10,7 +12,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from typing import Callable, Optional, TextIO
+
+from raytrain.callbacks import Callback, EpochClock, LoopContext
 
 log = logging.getLogger("raytrain")
 
@@ -70,3 +75,55 @@ class EpochProgress:
             self.stream.write("\r\033[K")
             self.stream.flush()
             self.shown = False
+
+
+class Progress(Callback):
+    """`EpochProgress` at the loop's events (rank 0 of a run that is not a search trial)."""
+
+    def __init__(self, steps_per_epoch: int, epochs: int, samples_per_step: int, **kw):
+        self.bar = EpochProgress(steps_per_epoch, epochs, samples_per_step, **kw)
+        self.hook: Optional[Callable] = None
+
+    def on_epoch_start(self, ctx: LoopContext, epoch: int) -> None:
+        self.hook = self.bar.at(epoch)
+
+    def on_step_end(self, ctx: LoopContext, epoch: int, step: int, clock: EpochClock) -> None:
+        if self.hook is not None:
+            self.hook(step, clock)
+
+    def on_epoch_end(self, ctx: LoopContext, record) -> None:
+        self.bar.end()
+
+
+class StartupMarks(Callback):
+    """Seconds since the command started (`launch`, when known) at: the worker entering, its model ready, its
+    first step finished (after a synchronize: when it really finished); on the first epoch this process runs.
+    Every epoch also gets `since_launch_s`, the user's wait so far."""
+
+    def __init__(self, launch: Optional[float], entered: float):
+        self.launch, self.entered = launch, entered
+        self.model_ready: Optional[float] = None
+        self.first_step: Optional[float] = None
+        self.reported = False
+
+    def on_fit_start(self, ctx: LoopContext) -> None:
+        self.model_ready = time.time()
+
+    def on_step_end(self, ctx: LoopContext, epoch: int, step: int, clock: EpochClock) -> None:
+        if self.first_step is None:
+            clock(sync=True)
+            self.first_step = time.time()
+
+    def on_epoch_end(self, ctx: LoopContext, record) -> None:
+        if self.launch is None:
+            return
+        record.extra["since_launch_s"] = time.time() - self.launch
+        if not self.reported:
+            self.reported = True
+            first = self.first_step or time.time()
+            record.extra.update(first_step_s=first - self.launch,
+                                startup_worker_entered_s=self.entered - self.launch,
+                                startup_model_ready_s=(self.model_ready or first) - self.launch)
+
+    def state_dict(self) -> dict:
+        return {}  # per process: a resumed run's start-up is its own

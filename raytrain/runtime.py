@@ -10,6 +10,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
+from typing import Optional
 
 from raytrain import _ray_compat
 from raytrain.errors import UserError
@@ -143,8 +144,31 @@ def pythonpath_first(*paths: str):
             os.environ["PYTHONPATH"] = before
 
 
+_NOTICE = {"listening": False, "reason": None}  # signals are per process: so is what one asked for
+
+
 def _terminate(signum, frame):
+    """While a loop is listening (`notice_listener`), the first SIGTERM asks it to checkpoint at its next step
+    and stop; otherwise (or a second one) it interrupts at once, like Ctrl-C."""
+    if _NOTICE["listening"] and _NOTICE["reason"] is None:
+        _NOTICE["reason"] = "SIGTERM"
+        return
     raise KeyboardInterrupt("SIGTERM")
+
+
+@contextmanager
+def notice_listener():
+    """Around an in-process training loop: SIGTERM becomes a notice it reads at each step (`notice()`)."""
+    _NOTICE.update(listening=True, reason=None)
+    try:
+        yield
+    finally:
+        _NOTICE.update(listening=False, reason=None)
+
+
+def notice() -> Optional[str]:
+    """Why this process was asked to stop (e.g. "SIGTERM"), or None."""
+    return _NOTICE["reason"]
 
 
 def in_background(fn, *args) -> Future:
@@ -170,6 +194,20 @@ def alive_nodes() -> list[dict]:
     import ray
 
     return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def one_gpu_for_ray_and_here() -> bool:
+    """Whether a one-GPU worker can train in this process: Ray's inventory holds exactly one GPU and this
+    process sees exactly one, so the GPU Ray reserves for the worker is the one it would train on. Otherwise
+    (several GPUs on either side, a Ray started with another set of devices) only a Ray-placed worker knows
+    which device Ray gave it."""
+    import torch
+
+    return same_single_gpu(torch.cuda.device_count(), sum(n["Resources"].get("GPU", 0.0) for n in alive_nodes()))
+
+
+def same_single_gpu(visible_here: int, ray_gpus: float) -> bool:
+    return visible_here == 1 and ray_gpus == 1
 
 
 def multi_node() -> bool:

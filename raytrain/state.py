@@ -4,11 +4,14 @@ Its components are checkpointable themselves (`state_dict()` / `load_state_dict(
 the payload holds only tensors, numbers and strings, so it loads with `weights_only=True`. A pruned
 model's structure (shapes, masks) is restored onto the freshly built model *before* DDP and the
 optimizer are built (`pruning.restore_structure`); `load_state_dict` then fills in the values.
+Techniques and other callbacks keep their own state (`callbacks`: name -> state); checkpoints written
+before callbacks existed kept early stopping and pruning under "stopper" and "pruning", read as theirs.
+`position` is where inside an epoch a step checkpoint was taken (None: at an epoch's end).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -16,8 +19,8 @@ import torch
 from raytrain.config import Experiment
 from raytrain.data.prepare import DataInfo
 from raytrain.epoch import SchedulerStepper
-from raytrain.techniques.early_stopping import EarlyStopper
-from raytrain.techniques.pruning import PruningSchedule, refresh_masked_weights
+
+LEGACY_CALLBACK_KEYS = {"stopper": "EarlyStopping", "pruning": "Pruning"}
 
 
 @dataclass
@@ -26,37 +29,39 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     stepper: SchedulerStepper
     scaler: torch.amp.GradScaler
-    stopper: Optional[EarlyStopper]
-    pruning: Optional[PruningSchedule]
     exp: Experiment
     info: DataInfo
     stage: int = 0
     stages: int = 1
     epoch: int = -1  # last finished epoch (0-based)
     elapsed_s: float = 0.0  # training seconds so far, across resumes
+    position: Optional[dict] = None  # mid-epoch: {"epoch", "step", "sums"} (see raytrain.loop)
+    callbacks: Any = None  # raytrain.callbacks.Callbacks whose states are saved
+    restored_callbacks: dict = field(default_factory=dict)  # their states from the checkpoint loaded
 
     def state_dict(self) -> dict:
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.stepper.scheduler.state_dict(), "scheduler_steps": self.stepper.taken,
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
-            "stopper": self.stopper.state_dict() if self.stopper else {},
-            "pruning": self.pruning.state_dict() if self.pruning else {},
+            "callbacks": self.callbacks.state_dict() if self.callbacks is not None else {},
+            "position": self.position or {}, "rng": torch.get_rng_state(),
             "epoch": self.epoch, "elapsed_s": self.elapsed_s, "stage": self.stage, "stages": self.stages,
             "experiment": self.exp.model_dump_json(), "data": self.info.to_json(),
         }
 
     def load_state_dict(self, d: dict) -> None:
         self.model.load_state_dict(d["model"])
-        if isinstance(self.model, torch.nn.Module):
-            refresh_masked_weights(self.model)
         self.optimizer.load_state_dict(d["optimizer"])
         self.stepper.scheduler.load_state_dict(d["scheduler"])
         self.stepper.taken = int(d["scheduler_steps"])
         if d.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(d["scaler"])
-        if self.stopper and d.get("stopper"):
-            self.stopper.load_state_dict(d["stopper"])
-        if self.pruning and d.get("pruning"):
-            self.pruning.load_state_dict(d["pruning"])
+        self.restored_callbacks = dict(d.get("callbacks") or {})
+        for old, name in LEGACY_CALLBACK_KEYS.items():
+            if d.get(old) and name not in self.restored_callbacks:
+                self.restored_callbacks[name] = d[old]
+        self.position = d.get("position") or None
+        if isinstance(d.get("rng"), torch.Tensor):
+            torch.set_rng_state(d["rng"])
         self.epoch, self.elapsed_s = int(d["epoch"]), float(d["elapsed_s"])

@@ -17,4 +17,4 @@ def train_loop_per_worker(config: dict) -> None:
     plan = RunPlan.from_json(config["plan"])
     if plan.mode == "trial" and not console.is_verbose():  # a search's trial: the driver says one line per event
         console.LOGGER.setLevel(logging.WARNING)
-    loop.run(TrainHost(plan), plan, config.get("model_factory"), entered)
+    loop.run(TrainHost(plan), plan, config.get("model_factory"), entered, config.get("callbacks") or ())

@@ -28,20 +28,22 @@ COMPILE_COLLECTIVE_TIMEOUT_S = 900  # torch.compile's first step can keep a slow
 
 
 def build_trainer(exp: Experiment, plan: RunPlan, ingest: Ingest, storage_root: storage.Location,
-                  factory: Optional[Callable] = None, callbacks: Optional[list] = None) -> TorchTrainer:
-    """The TorchTrainer for `exp`; checkpoints go to <storage_root>/train/checkpoint_*."""
+                  factory: Optional[Callable] = None, callbacks: Optional[list] = None,
+                  loop_callbacks: Optional[list] = None) -> TorchTrainer:
+    """The TorchTrainer for `exp`; checkpoints go to <storage_root>/train/checkpoint_*. `callbacks` are Ray
+    Train's (on the driver); `loop_callbacks` are raytrain's, pickled to every worker's loop."""
     par = exp.parallel
     path, fs = storage_root.for_ray()
     timeout = COMPILE_COLLECTIVE_TIMEOUT_S if exp.train.compile else COLLECTIVE_TIMEOUT_S
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"plan": plan.to_json(), "model_factory": factory},
+        train_loop_config={"plan": plan.to_json(), "model_factory": factory, "callbacks": list(loop_callbacks or [])},
         torch_config=TorchConfig(backend="nccl" if par.use_gpu else "gloo", timeout_s=timeout),
-        scaling_config=ScalingConfig(num_workers=par.workers, use_gpu=par.use_gpu, resources_per_worker=par.bundle()),
+        scaling_config=scaling(par),
         run_config=RunConfig(
             name=ckpt.RUN_STORAGE, storage_path=path, storage_filesystem=fs,
             checkpoint_config=CheckpointConfig(num_to_keep=exp.checkpoint.keep),
-            failure_config=FailureConfig(max_failures=par.max_failures, controller_failure_limit=CONTROLLER_FAILURE_LIMIT),
+            failure_config=failures(par),
             logging_config=LoggingConfig(log_level="WARNING"),  # our epoch lines, not per-report INFO chatter
             callbacks=list(callbacks or []),
         ),
@@ -51,10 +53,29 @@ def build_trainer(exp: Experiment, plan: RunPlan, ingest: Ingest, storage_root: 
     )
 
 
+def scaling(par) -> ScalingConfig:
+    """A fixed group, or an elastic one (`parallel.workers: [min, max]`): Ray Train starts it with as many
+    workers as fit once `min` do, restarts it smaller when a node is lost, and every `parallel.resize_check_s`
+    restarts it larger when more fit; each start resumes from the newest checkpoint (`hosts.TrainHost`)."""
+    workers = (par.min_workers, par.max_workers) if par.elastic else par.workers
+    return ScalingConfig(num_workers=workers, use_gpu=par.use_gpu, resources_per_worker=par.bundle(),
+                         elastic_resize_monitor_interval_s=par.resize_check_s)
+
+
+def failures(par) -> FailureConfig:
+    """`parallel.max_failures` worker-group failures (a lost node's workers included; drained nodes have Ray's
+    own, unbounded preemption budget). An elastic group may also fail to start once per lost node: Ray Train
+    sizes the restart from a view of the cluster refreshed every 20 s (its AutoscalingCoordinator), so a restart
+    right after a node died can ask for the dead node's workers and time out waiting for them, then retries
+    smaller; a fixed group gets one such retry."""
+    extra = par.max_failures if par.elastic else 0
+    return FailureConfig(max_failures=par.max_failures, controller_failure_limit=CONTROLLER_FAILURE_LIMIT + extra)
+
+
 def fit(exp: Experiment, plan: RunPlan, ingest: Ingest, run_dir: storage.Location,
-        factory: Optional[Callable]) -> tuple[dict, Optional[str], Optional[str]]:
+        factory: Optional[Callable], callbacks: Optional[list] = None) -> tuple[dict, Optional[str], Optional[str]]:
     """(final metrics, checkpoint URI, error) of the worker group's run."""
-    trainer = build_trainer(exp, plan, ingest, run_dir, factory)
+    trainer = build_trainer(exp, plan, ingest, run_dir, factory, loop_callbacks=callbacks)
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as e:

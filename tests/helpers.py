@@ -47,7 +47,7 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def head(tmp_path: Path, extra_args: tuple = (), extra_env: dict | None = None, port: int | None = None,
-          num_cpus: int = 2):
+          num_cpus: int = 2, start_timeout: float = 60):
     """A real Ray head (`ray start --head --block`) on free ports, dashboard on 127.0.0.1, token auth on,
     in its own process group, with its own token. Yields (gcs_address, dashboard_url, env for clients — holding
     RAY_AUTH_TOKEN_PATH —, head log path); on exit
@@ -81,11 +81,11 @@ def head(tmp_path: Path, extra_args: tuple = (), extra_env: dict | None = None, 
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True)
     address, url = f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + start_timeout
         while "Ray runtime started" not in log_path.read_text():
             assert proc.poll() is None, log_path.read_text()[-2000:]
             if time.monotonic() > deadline:
-                pytest.fail("ray head did not start within 60 s")
+                pytest.fail(f"ray head did not start within {start_timeout:.0f} s")
             time.sleep(0.5)
         yield address, url, {**env, "RAY_ADDRESS": address}, log_path
     finally:

@@ -209,8 +209,8 @@ def real_run(ray_local, tmp_path_factory):
     exp = root / "exp.yaml"
     exp.write_text(yaml.safe_dump({**EXP, "output": str(root / "runs")}))
     summary = driver.run(load_experiment(exp))
-    assert summary["status"] == "completed", summary
-    return root, Path(summary["run_dir"]), exp
+    assert summary.status == "completed", summary
+    return root, Path(summary.run_dir), exp
 
 
 def _parquet_dir_with_a_corrupt_file(root: Path) -> Path:

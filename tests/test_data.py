@@ -65,7 +65,7 @@ def test_mnist_reads_idx(tmp_path, gz):
     (xt, yt), (xv, yv) = load_mnist(tmp_path / "m")
     assert xt.shape == (20, 1, 28, 28) and xv.shape == (10, 1, 28, 28) and yt.tolist()[:3] == [0, 1, 2]
     info = prepare(DataConfig(dataset="mnist", path=str(tmp_path / "m")), 0, tmp_path / "cache")
-    assert (info.n_train, info.n_val, info.in_shape) == (20, 10, (1, 28, 28))
+    assert (info.n_train, info.n_val, info.n_test, info.in_shape) == (18, 2, 10, (1, 28, 28))  # val: 10% of train
 
 
 def test_mnist_truncated_file_is_refused(tmp_path):

@@ -229,7 +229,7 @@ def test_validate_prints_the_shape_and_bad_trees_exit_2(digits, tmp_path, capsys
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
     assert main(["validate", str(tmp_path / "exp.yaml")]) == 0
     out = capsys.readouterr().out
-    assert "54 train examples, shape (1, 16, 16), 10 classes" in out
+    assert "54 train / 6 val / no test examples, shape (1, 16, 16), 10 classes" in out
     (root / "train" / "loose.png").write_bytes(_encode(x[0]))
     assert main(["validate", str(tmp_path / "exp.yaml")]) == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
@@ -274,5 +274,5 @@ def test_streamed_images_train(ray_local, exp_dict, digits, tmp_path, layout):
     exp = make_exp(exp_dict, data={**data, "ingest": "stream"}, train__epochs=1,
                    train__optimizer={"name": "adamw", "lr": 0.005}, model__name="mlp")
     s = driver.run(exp)
-    assert s["status"] == "completed" and s["ingest"] == "stream", s
-    assert s["final"]["val_accuracy"] > 0.8, s["final"]
+    assert s.status == "completed" and s.ingest == "stream", s
+    assert s.final["val_accuracy"] > 0.8, s.final

@@ -61,8 +61,8 @@ def test_no_ray_and_a_worker_group_train_alike(ray_local, tmp_path, exp_file, ex
     assert r.returncode == 0, r.stderr[-3000:]
     alone = json.loads((tmp_path / "a.json").read_text())
     group = driver.run(make_exp(exp_dict, parallel__isolate=True), ray="existing")
-    assert alone["ray"] == "none" and group["mode"] == "worker-group", (alone["ray"], group["mode"])
-    a, g = metric_rows(alone["run_dir"]), metric_rows(group["run_dir"])
+    assert alone["ray"] == "none" and group.mode == "worker-group", (alone["ray"], group.mode)
+    a, g = metric_rows(alone["run_dir"]), metric_rows(group.run_dir)
     assert len(a) == len(g) == 2
     for x, y in zip(a, g):
         for key in ("train_loss", "val_loss", "val_accuracy", "train_accuracy"):

@@ -39,15 +39,15 @@ def _accuracy(model: torch.nn.Module, exp) -> float:
 
 def test_stage_checkpoints_resume_and_export(ray_local, exp_dict, tmp_path, capsys):
     first = driver.run(_exp(exp_dict, train__epochs=2))
-    assert first["status"] == "completed", first
-    run_dir = Path(first["run_dir"])
-    files = sorted(p.name for p in Path(first["checkpoint"]).iterdir())
+    assert first.status == "completed", first
+    run_dir = Path(first.run_dir)
+    files = sorted(p.name for p in Path(first.checkpoint).iterdir())
     assert [f for f in files if f.endswith(".pt")] == ["stage_0.pt", "stage_1.pt"]  # one shard per stage
     assert [f for f in files if f.endswith(".sha256")] == ["stage_0.pt.sha256", "stage_1.pt.sha256"]
 
     # One stage's shard of the newest checkpoint torn: export falls back to the previous checkpoint, and on
     # resume both stages agree on that one (epoch 2 redone by every stage, not by one of them), then go on.
-    newest = Path(first["checkpoint"])
+    newest = Path(first.checkpoint)
     previous = sorted(p for p in newest.parent.glob("checkpoint_*") if p.is_dir() and p.name < newest.name)[-1]
     (newest / "stage_1.pt").write_bytes(b"\x00torn")
     capsys.readouterr()
@@ -55,10 +55,10 @@ def test_stage_checkpoints_resume_and_export(ray_local, exp_dict, tmp_path, caps
         assert main(["export", str(run_dir), "--out", str(tmp_path / "previous.pt")]) == 0
     assert f"from {previous}" in capsys.readouterr().out
     second = driver.run(_exp(exp_dict, train__epochs=3), resume=run_dir)
-    assert second["status"] == "completed", second
+    assert second.status == "completed", second
     rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 2, 3]  # resumed after epoch 1, not from scratch
-    final = second["final"]
+    final = second.final
     assert final["pipeline_stages"] == 2 and len(final["stage_params"]) == 2
     assert sum(final["stage_params"]) == final["params_total"]
 
@@ -74,8 +74,8 @@ def test_stage_checkpoints_resume_and_export(ray_local, exp_dict, tmp_path, caps
 def test_failing_stage_fails_the_run_not_hangs(ray_local, exp_dict):
     s = driver.run(_exp(exp_dict, model__name="usermodels:failing_last_stage", parallel__max_failures=0,
                          parallel__pipeline__split=["3"]))
-    assert s["status"] == "failed"
-    assert "pipeline stage 1: RuntimeError: planted stage failure" in s["error"]
+    assert s.status == "failed"
+    assert "pipeline stage 1: RuntimeError: planted stage failure" in s.error
 
 
 @pytest.mark.parametrize("patch,msg", [
@@ -128,8 +128,8 @@ def test_dp2_x_pp2_on_four_ray_workers_matches_one_process_after_a_step(ray_loca
     for parallel in ({"workers": 1}, {"workers": 4, "cpus_per_worker": 0.5,
                                       "pipeline": {"stages": 2, "microbatches": 2, "schedule": "gpipe"}}):
         s = driver.run(make_exp({**base, "parallel": parallel}))
-        assert s["status"] == "completed", s
-        final = s["final"]
+        assert s.status == "completed", s
+        final = s.final
         losses.append(final["val_loss"])
     assert final["pipeline_stages"] == 2 and final["data_parallel"] == 2
     assert abs(losses[0] - losses[1]) < 1e-5, losses

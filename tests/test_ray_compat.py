@@ -136,3 +136,18 @@ def test_the_tensor_column_written_without_ray_reads_back_as_rays_own(tmp_path):
     assert back.type == ArrowTensorArray.from_numpy(x).type
     assert np.array_equal(back.chunk(0).to_numpy(), x)
     assert np.array_equal(ray.data.from_arrow(pq.read_table(tmp_path / "t.parquet")).take_batch(5)["x"], x)
+
+
+def test_trial_storage_reads_the_sessions_storage_where_ray_keeps_it():
+    """Outside a trial: None. Inside: Tune's session StorageContext (trial_fs_path) and Train V2's context
+    (get_storage().experiment_fs_path); the names it reads are where Ray 2.60 keeps them (a Tune trial's is
+    exercised end to end by tests/test_callbacks.py)."""
+    from ray.train._internal import session, storage
+    from ray.train.v2._internal.execution import context
+    from ray.train.v2._internal.execution import storage as v2_storage
+
+    assert _ray_compat.trial_storage() is None
+    assert "storage" in inspect.signature(session._TrainSession.__init__).parameters
+    assert isinstance(storage.StorageContext.trial_fs_path, property)
+    assert isinstance(v2_storage.StorageContext.experiment_fs_path, property)
+    assert "get_storage" in vars(context.TrainContext)

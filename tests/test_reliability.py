@@ -39,15 +39,15 @@ def test_sigkilled_worker_resumes_from_checkpoint_and_matches_uninterrupted(ray_
         s = driver.run(make_exp(exp_dict, model__name="usermodels:crash_once", train__epochs=3, parallel__isolate=True))
     finally:
         Path(CRASH_ARM).unlink(missing_ok=True)
-    assert s["status"] == "completed", s
+    assert s.status == "completed", s
     assert not Path(CRASH_ARM).exists()  # the SIGKILL happened (mid-epoch 2)
-    assert _epochs(s["run_dir"]) == [1, 2, 3]  # epoch 2 redone once from the epoch-1 checkpoint, nothing else
+    assert _epochs(s.run_dir) == [1, 2, 3]  # epoch 2 redone once from the epoch-1 checkpoint, nothing else
     # Before the kill, the worker group's epoch 1 is the in-process run's epoch 1 (same seed, same metrics)
-    first = {k: metric_rows(s["run_dir"])[0][k] for k in ("train_loss", "val_loss", "val_accuracy")}
-    assert first == pytest.approx({k: metric_rows(clean["run_dir"])[0][k] for k in first}, rel=1e-6, abs=1e-7)
+    first = {k: metric_rows(s.run_dir)[0][k] for k in ("train_loss", "val_loss", "val_accuracy")}
+    assert first == pytest.approx({k: metric_rows(clean.run_dir)[0][k] for k in first}, rel=1e-6, abs=1e-7)
     print(f"\n[figures] SIGKILLed worker: val_acc {s['final']['val_accuracy']:.4f} vs uninterrupted "
           f"{clean['final']['val_accuracy']:.4f}; wall {s['wall_s']:.1f} s vs {clean['wall_s']:.1f} s")
-    assert abs(s["final"]["val_accuracy"] - clean["final"]["val_accuracy"]) <= 0.002
+    assert abs(s.final["val_accuracy"] - clean.final["val_accuracy"]) <= 0.002
 
 
 def test_python_error_in_the_loop_restarts_from_the_latest_checkpoint(exp_dict):
@@ -140,11 +140,11 @@ def test_worker_killed_while_its_checkpoint_is_persisted_resumes_from_the_previo
         stop.set()
         watcher.join(timeout=10)
     assert caught, "never saw a checkpoint mid-copy"
-    assert s["status"] == "completed", s
+    assert s.status == "completed", s
     # The torn folder was never a usable checkpoint, the epoch it was cut in is redone, nothing else is.
     with pytest.raises(ckpt.CheckpointError):
         ckpt.load_local(caught["dir"])
-    assert _epochs(s["run_dir"]) == [1, 2, 3]
+    assert _epochs(s.run_dir) == [1, 2, 3]
 
 
 def test_resume_candidates_registered_first_unregistered_newer_never(tmp_path):
@@ -181,19 +181,19 @@ def test_resume_continues_then_skips_a_corrupt_latest_checkpoint(ray_local, exp_
     checkpoint's clock set to 1000 s: the resumed epoch ends at 1000 s plus its own seconds); after the latest
     checkpoint is torn, the next resume falls back to the one before it."""
     first = driver.run(make_exp(exp_dict, train__epochs=2))
-    run_dir = Path(first["run_dir"])
-    state = ckpt.load_local(first["checkpoint"])
+    run_dir = Path(first.run_dir)
+    state = ckpt.load_local(first.checkpoint)
     state["elapsed_s"] = 1000.0
-    ckpt.save_local(first["checkpoint"], state)  # a valid checkpoint whose clock reads 1000 s
+    ckpt.save_local(first.checkpoint, state)  # a valid checkpoint whose clock reads 1000 s
     second = driver.run(make_exp(exp_dict, train__epochs=3), resume=run_dir)
-    assert second["run_dir"] == first["run_dir"] and second["status"] == "completed", second
+    assert second.run_dir == first.run_dir and second.status == "completed", second
     assert _epochs(run_dir) == [1, 2, 3]
     resumed = metric_rows(run_dir)[2]
     assert resumed["elapsed_s"] == pytest.approx(1000.0 + resumed["epoch_s"], abs=0.01), resumed  # clock carried over
-    assert second["final"]["elapsed_s"] == pytest.approx(resumed["elapsed_s"])
-    (Path(second["checkpoint"]) / ckpt.STATE_FILE).write_bytes(b"\x00garbage")  # a torn / tampered latest checkpoint
+    assert second.final["elapsed_s"] == pytest.approx(resumed["elapsed_s"])
+    (Path(second.checkpoint) / ckpt.STATE_FILE).write_bytes(b"\x00garbage")  # a torn / tampered latest checkpoint
     third = driver.run(make_exp(exp_dict, train__epochs=4), resume=run_dir)
-    assert third["status"] == "completed", third
+    assert third.status == "completed", third
     assert _epochs(run_dir) == [1, 2, 3, 3, 4]  # resumed from epoch 2's checkpoint, epoch 3 redone
 
 

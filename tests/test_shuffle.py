@@ -70,8 +70,8 @@ def test_sorted_data_trains_like_shuffled_data_with_no_ray(tmp_path):
         r = run_cli([sys.executable, "-m", "raytrain", "train", str(cfg), "--summary-json", str(out)], timeout=240)
         assert r.returncode == 0, r.stderr[-3000:]
         s = json.loads(out.read_text())
-        assert s["ray"] == "none" and s["mode"] == "in-process", s
-        acc[order] = s["final"]["val_accuracy"]
+        assert s.ray == "none" and s.mode == "in-process", s
+        acc[order] = s.final["val_accuracy"]
     assert acc["as-is"] > 0.8 and abs(acc["sorted"] - acc["as-is"]) <= 0.03, acc
 
 
@@ -83,8 +83,8 @@ def test_sorted_data_trains_like_shuffled_data_in_a_ddp_group(ray_local, tmp_pat
     val = _digits_parquet(tmp_path / "val.parquet", "as-is", slice(1400, None))
     train = _digits_parquet(tmp_path / "train-sorted.parquet", "sorted", slice(0, 1400))
     s = driver.run(make_exp(_exp(tmp_path, train, val, workers=2)), ray="existing")
-    assert s["status"] == "completed" and s["mode"] == "worker-group", s
-    assert s["final"]["val_accuracy"] > 0.8, [r["val_accuracy"] for r in metric_rows(s["run_dir"])]
+    assert s.status == "completed" and s.mode == "worker-group", s
+    assert s.final["val_accuracy"] > 0.8, [r["val_accuracy"] for r in metric_rows(s.run_dir)]
 
 
 def test_a_stream_stored_sorted_by_label_is_reported(tmp_path, caplog):

@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import boto3
 import pytest
 import torch
 import yaml
@@ -29,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _s3():
     # the session's fake account, named here: a test that unsets the credentials still looks into the store
+    boto3 = pytest.importorskip("boto3")  # imported here: collecting this file (`pytest -m gpu`) needs no boto3
     return boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
                         aws_secret_access_key="testing")
 
@@ -110,8 +110,8 @@ def test_export_and_report_of_a_missing_run_on_s3_are_one_line(s3_server, capsys
 def test_train_on_s3_then_export_and_fall_back_past_a_torn_checkpoint(ray_local, s3_server, exp_dict, tmp_path):
     bucket = s3_server()
     first = driver.run(make_exp(exp_dict, output=f"s3://{bucket}/runs"))
-    run = first["run_dir"]
-    assert first["status"] == "completed" and run.startswith(f"s3://{bucket}/runs/t/"), first
+    run = first.run_dir
+    assert first.status == "completed" and run.startswith(f"s3://{bucket}/runs/t/"), first
     prefix = run.removeprefix(f"s3://{bucket}/") + "/"
     keys = [k.removeprefix(prefix) for k in _keys(bucket, prefix)]
     for name in ("config.yaml", "metrics.jsonl", "result.json"):
@@ -143,7 +143,7 @@ def test_train_on_s3_then_export_and_fall_back_past_a_torn_checkpoint(ray_local,
         assert main(["export", run, "--out", str(tmp_path / "previous.pt")]) == 0
     assert same(torch.load(tmp_path / "previous.pt", weights_only=True), previous)
     resumed = driver.run(make_exp(exp_dict, output=f"s3://{bucket}/runs", train__epochs=3), resume=run)
-    assert resumed["status"] == "completed", resumed
+    assert resumed.status == "completed", resumed
     assert _epochs(run) == [1, 2, 2, 3]  # resumed from epoch 1's checkpoint: epoch 2 redone
 
 

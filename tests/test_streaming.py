@@ -52,8 +52,8 @@ def test_two_workers_stream_a_folder_and_match_materialize(ray_local, exp_dict, 
         exp = make_exp(exp_dict, data=_data(train, val, ingest=ingest), model__name="mlp", model__width=1.0,
                        parallel=parallel, train__epochs=2, train__optimizer={"name": "adamw", "lr": 0.01})
         s = driver.run(exp)
-        assert s["status"] == "completed" and s["ingest"] == ingest and s["mode"] == mode, s
-        runs[ingest] = s["final"]
+        assert s.status == "completed" and s.ingest == ingest and s.mode == mode, s
+        runs[ingest] = s.final
     assert runs["stream"]["val_accuracy"] > 0.85
     assert abs(runs["stream"]["val_accuracy"] - runs["materialize"]["val_accuracy"]) < 0.05, runs
 
@@ -72,13 +72,13 @@ def test_auto_streams_past_the_budget_from_s3_and_resumes(ray_local, s3_server, 
     data = _data(f"s3://{bucket}/digits/train", f"s3://{bucket}/digits/val", materialize_max_mb=0.01)
     first = driver.run(make_exp(exp_dict, data=data, train__epochs=2, model__name="mlp", model__width=1.0,
                                  train__optimizer={"name": "adamw", "lr": 0.01}))
-    assert first["status"] == "completed" and first["ingest"] == "stream" and first["mode"] == "in-process", first
-    assert json.loads((Path(first["run_dir"]) / "result.json").read_text())["ingest"] == "stream"
+    assert first.status == "completed" and first.ingest == "stream" and first.mode == "in-process", first
+    assert json.loads((Path(first.run_dir) / "result.json").read_text())["ingest"] == "stream"
     again = driver.run(make_exp(exp_dict, data=data, train__epochs=3, model__name="mlp", model__width=1.0,
-                                 train__optimizer={"name": "adamw", "lr": 0.01}), resume=first["run_dir"])
-    assert again["status"] == "completed", again
-    assert [r["epoch"] for r in metric_rows(first["run_dir"])] == [1, 2, 3]
-    assert again["final"]["val_accuracy"] > 0.85
+                                 train__optimizer={"name": "adamw", "lr": 0.01}), resume=first.run_dir)
+    assert again.status == "completed", again
+    assert [r["epoch"] for r in metric_rows(first.run_dir)] == [1, 2, 3]
+    assert again.final["val_accuracy"] > 0.85
 
 
 def test_stream_that_could_not_make_progress_is_refused_not_hung(ray_local, exp_dict, tmp_path):

@@ -122,7 +122,7 @@ def test_grad_scaler_skips_step_with_inf_gradient():
     sched = SchedulerStepper(torch.optim.lr_scheduler.ConstantLR(opt, 1.0, 0), 10)
     batch = [{"x": torch.randn(8, 4), "y": torch.randint(0, 2, (8,))}]
     stats = train_epoch(model, batch, opt, sched, scaler, StepEnv(CPU, "fp32"))
-    assert stats["skipped_steps"] == 1 and sched.taken == 0
+    assert stats.skipped_steps == 1 and sched.taken == 0
     assert_close(model.state_dict(), before)
 
 
@@ -144,7 +144,7 @@ def test_grad_scaler_skip_read_a_step_late_keeps_the_lr_schedule_exact():
     opt.register_step_pre_hook(lambda o, a, k: seen.append(o.param_groups[0]["lr"]))
     batches = [{"x": torch.randn(8, 4), "y": torch.randint(0, 2, (8,))} for _ in range(3)]
     stats = train_epoch(model, batches, opt, stepper, make_grad_scaler("fp16", CPU), StepEnv(CPU, "fp32"))
-    assert stats["skipped_steps"] == 1 and stepper.taken == 2
+    assert stats.skipped_steps == 1 and stepper.taken == 2
     assert seen == [0.1, 0.05]  # step 1 at lr 0.1; step 2 skipped (no optimizer.step); step 3 at the next lr
 
 

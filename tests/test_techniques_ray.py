@@ -13,8 +13,8 @@ def test_structured_pruning_mid_training_keeps_ddp_ranks_identical(ray_local, ex
     exp = _exp(exp_dict, model__name="cnn", parallel__workers=2, train__epochs=3,
                pruning={"method": "structured", "ratio": 0.5, "schedule": "gradual", "start_epoch": 1, "end_epoch": 2})
     s = driver.run(exp)
-    f = s["final"]
-    assert s["status"] == "completed", s
+    f = s.final
+    assert s.status == "completed", s
     assert f["pruned_ratio"] == 0.5 and f["rank_weight_spread"] == 0.0
     assert f["params_total"] < 0.4 * 53_002  # the dense digits cnn has 53,002 parameters
     assert f["val_accuracy"] > 0.6
@@ -24,8 +24,8 @@ def test_magnitude_sparsity_and_time_to_target(ray_local, exp_dict):
     exp = _exp(exp_dict, model__name="cnn", train__epochs=4, train__early_stopping={"target": 0.5},
                pruning={"method": "magnitude", "ratio": 0.7})
     s = driver.run(exp)
-    f = s["final"]
-    assert s["status"].startswith("target val_accuracy=0.5 reached"), s
+    f = s.final
+    assert s.status.startswith("target val_accuracy=0.5 reached"), s
     assert f["epoch"] == f["time_to_target_epochs"] < 4 and f["time_to_target_s"] > 0
     assert f["weight_sparsity"] == pytest.approx(0.7, abs=1e-3)
     assert f["params_nonzero"] < 0.4 * f["params_total"]
@@ -34,5 +34,5 @@ def test_magnitude_sparsity_and_time_to_target(ray_local, exp_dict):
 def test_divergence_ends_run_as_diverged(ray_local, exp_dict):
     exp = _exp(exp_dict, train__epochs=3, train__optimizer={"name": "sgd", "lr": 1.0e4, "momentum": 0.9})
     s = driver.run(exp)
-    assert s["status"] == "diverged", s
-    assert s["final"]["epoch"] < 3
+    assert s.status == "diverged", s
+    assert s.final["epoch"] < 3

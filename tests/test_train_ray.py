@@ -36,8 +36,8 @@ def test_ddp_two_workers_equal_one_worker_after_one_step(ray_local, exp_dict, tm
         exp = make_exp(exp_dict, data=data, parallel__workers=workers, train__epochs=1, train__batch_size=64,
                    train__optimizer={"name": "sgd", "lr": 0.5, "momentum": 0.0, "weight_decay": 0.0})
         s = driver.run(exp)
-        assert s["status"] == "completed", s
-        losses.append(s["final"]["val_loss"])
+        assert s.status == "completed", s
+        losses.append(s.final["val_loss"])
     assert abs(losses[0] - losses[1]) < 1e-5, losses
 
 

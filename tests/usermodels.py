@@ -200,3 +200,40 @@ def kill_at(in_shape, num_classes):
 def timm_style(num_classes=1000, in_chans=3, width=8):
     """A constructor naming in_chans= (timm style): raytrain passes the data's channels."""
     return _SmallConvNet(num_classes, in_chans, width)
+
+
+HOLD_ARM = "/tmp/raytrain-test-hold-seed"  # exists = armed: training under seed HOLD_SEED waits while it does
+HOLD_SEED = 1001
+
+
+def hold_on_seed(in_shape, num_classes):
+    """`tiny`; built under seed HOLD_SEED (torch's, set from the experiment's before the model is built), its
+    first training step waits (up to 120 s) while HOLD_ARM exists, after creating HOLD_ARM + ".held"."""
+    import os
+    import time
+
+    model = tiny(in_shape, num_classes)
+    if torch.initial_seed() == HOLD_SEED:
+        def hook(module, args):
+            if module.training and os.path.exists(HOLD_ARM):
+                open(HOLD_ARM + ".held", "w").close()
+                deadline = time.monotonic() + 120
+                while os.path.exists(HOLD_ARM) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+
+        model.register_forward_pre_hook(hook)
+    return model
+
+
+from raytrain.callbacks import Callback  # noqa: E402
+
+
+class Boom(Callback):
+    """A user callback that raises at the end of epoch `epoch` (1-based; tests/test_callbacks.py)."""
+
+    def __init__(self, epoch: int = 2):
+        self.epoch = epoch
+
+    def on_epoch_end(self, ctx, record):
+        if record.epoch == self.epoch:
+            raise RuntimeError(f"boom at epoch {record.epoch}")

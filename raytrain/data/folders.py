@@ -1,7 +1,8 @@
 """ImageFolder trees (`data.dataset: images`), as torchvision and Hugging Face lay them out:
 `<path>/train/<class>/<image>` with validation in `<path>/val/` (or `valid/`, `validation/`) or
 `data.val_path`, else `data.val_fraction` of the training images held out (seeded, per image: the same
-split materialised or streamed); or `<path>/<class>/<image>` directly. A class is the first folder below
+split materialised or streamed), and a test set in `<path>/test/` or `data.test_path` (none otherwise);
+or `<path>/<class>/<image>` directly. A class is the first folder below
 the split's root (images may sit deeper inside it); classes are the training root's class folders,
 sorted, recorded in the run (DataInfo.classes); a validation class the training set lacks is refused.
 Local folders or URIs, read through `raytrain.storage`.
@@ -16,7 +17,7 @@ not naming the file, and its resize-before-convert would give other pixels than 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -24,7 +25,7 @@ import pyarrow as pa
 
 from raytrain import storage
 from raytrain.config import DataConfig
-from raytrain.data import images, labels
+from raytrain.data import images, labels, splits
 from raytrain.data.parquet import StreamSource
 from raytrain.errors import UserError
 
@@ -35,7 +36,7 @@ STREAM_STATS_SAMPLE = 64
 
 @dataclass
 class Tree:
-    """A tree's images split into training and validation: paths on `fs`, class ids, and the roots the
+    """A tree's images split into training, validation and test: paths on `fs`, class ids, and the roots the
     class folders sit under (a streamed file's class is read off its path)."""
     fs: object
     train: list[str]
@@ -44,6 +45,10 @@ class Tree:
     y_val: np.ndarray
     classes: list[str]
     roots: list[str]
+    test: list[str] = field(default_factory=list)  # empty: no test set
+    y_test: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    val_from: Optional[str] = None  # the folder validation came from (None: held out of the training images)
+    test_from: Optional[str] = None
 
 
 def scan(cfg: DataConfig, seed: int) -> Tree:
@@ -63,6 +68,12 @@ def scan(cfg: DataConfig, seed: int) -> Tree:
             raise UserError(f"data.val_path {cfg.val_path}: no such folder; {LAYOUT}")
     elif val_loc is not None:
         val_key = "data.path"
+    test_loc, test_key = (loc / "test", "data.path") if train_loc is not loc and (loc / "test").is_dir() else (None, "")
+    if cfg.test_path:
+        test_loc, test_key = storage.resolve(cfg.test_path, "data.test_path"), "data.test_path"
+        storage.check_reachable(test_loc, "data.test_path")
+        if not test_loc.is_dir():
+            raise UserError(f"data.test_path {cfg.test_path}: no such folder; {LAYOUT}")
     train = _listing(train_loc, "data.path", cfg.path)
     classes = sorted(train)
     if len(classes) < 2:
@@ -72,23 +83,29 @@ def scan(cfg: DataConfig, seed: int) -> Tree:
     ids = {c: i for i, c in enumerate(classes)}
     paths = [p for c in classes for p in train[c]]
     y = np.array([ids[c] for c in classes for _ in train[c]], np.int64)
+    test = {} if test_loc is None else dict(zip(("test", "y_test"), _labelled(test_loc, test_key, ids)),
+                                            test_from=test_loc.uri)
+    extra_roots = [test_loc.path] if test_loc is not None else []
     if val_loc is None:
-        n_val = max(1, int(round(len(paths) * cfg.val_fraction)))
-        if len(paths) - n_val < 1:
-            raise UserError(f"data.val_fraction {cfg.val_fraction} leaves no training images out of {len(paths)}")
-        perm = np.random.default_rng(seed).permutation(len(paths))
-        tr, va = np.sort(perm[n_val:]), np.sort(perm[:n_val])
-        return Tree(loc.fs, [paths[i] for i in tr], y[tr], [paths[i] for i in va], y[va], classes, [train_loc.path])
-    val = _listing(val_loc, val_key, val_loc.uri)
-    extra = sorted(set(val) - set(classes))
+        tr, va = (np.sort(i) for i in splits.hold_out(len(paths), cfg.val_fraction, seed, "images"))
+        return Tree(loc.fs, [paths[i] for i in tr], y[tr], [paths[i] for i in va], y[va], classes,
+                    [train_loc.path] + extra_roots, **test)
+    val, y_val = _labelled(val_loc, val_key, ids)
+    return Tree(loc.fs, paths, y, val, y_val, classes, [train_loc.path, val_loc.path] + extra_roots, **test,
+                val_from=val_loc.uri if val_key == "data.path" else None)
+
+
+def _labelled(loc: storage.Location, key: str, ids: dict) -> tuple[list[str], np.ndarray]:
+    """A validation or test tree's images and class ids (its classes must be the training set's)."""
+    found = _listing(loc, key, loc.uri)
+    extra = sorted(set(found) - set(ids))
     if extra:
-        raise UserError(f"{val_key} {val_loc.uri}: class folder(s) {', '.join(extra[:5])} are not among the training "
-                        f"set's {len(classes)} classes; rename or remove them, or add training images")
-    if not val:
-        raise UserError(f"{val_key} {val_loc.uri}: no images in class folders; {LAYOUT}")
-    return Tree(loc.fs, paths, y, [p for c in sorted(val) for p in val[c]],
-                np.array([ids[c] for c in sorted(val) for _ in val[c]], np.int64), classes,
-                [train_loc.path, val_loc.path])
+        raise UserError(f"{key} {loc.uri}: class folder(s) {', '.join(extra[:5])} are not among the training "
+                        f"set's {len(ids)} classes; rename or remove them, or add training images")
+    if not found:
+        raise UserError(f"{key} {loc.uri}: no images in class folders; {LAYOUT}")
+    return [p for c in sorted(found) for p in found[c]], np.array([ids[c] for c in sorted(found) for _ in found[c]],
+                                                                  np.int64)
 
 
 def _listing(loc: storage.Location, key: str, shown: str) -> dict[str, list[str]]:
@@ -115,12 +132,16 @@ def _listing(loc: storage.Location, key: str, shown: str) -> dict[str, list[str]
 
 
 def read(cfg: DataConfig, seed: int):
-    """Materialise: ((x_train, y_train), (x_val, y_val), classes), pixels uint8 (N, C, H, W)."""
+    """Materialise: ((x_train, y_train), (x_val, y_val), (x_test, y_test) or None, the Tree), pixels uint8
+    (N, C, H, W)."""
     tree = scan(cfg, seed)
     size = images.hw(cfg.image_size)
     xt = decode_files(tree.fs, tree.train, size, cfg.channels, None, images.driver_threads())
     xv = decode_files(tree.fs, tree.val, size, xt.shape[1], xt.shape[2:], images.driver_threads())
-    return (xt, tree.y_train), (xv, tree.y_val), tree.classes
+    test = None
+    if tree.test:
+        test = decode_files(tree.fs, tree.test, size, xt.shape[1], xt.shape[2:], images.driver_threads()), tree.y_test
+    return (xt, tree.y_train), (xv, tree.y_val), test, tree
 
 
 def decode_files(fs, paths: list[str], size, channels, expect, threads: int = 1) -> np.ndarray:
@@ -157,7 +178,10 @@ def inspect(cfg: DataConfig, seed: int) -> StreamSource:
           "expect": tuple(int(s) for s in x.shape[2:])}
     return StreamSource(tree.fs, tree.train, tree.val, None, None, tuple(int(s) for s in x.shape[1:]),
                         len(tree.classes), len(tree.train), len(tree.val), len(tree.train) * x[0].nbytes,
-                        norm=images.stats(x, seed), classes=tree.classes, decode_kw=kw, kind="folder")
+                        norm=images.stats(x, seed), classes=tree.classes, decode_kw=kw, kind="folder",
+                        test=tree.test, n_test=len(tree.test),
+                        val_source=splits.describe_val(cfg, seed, len(tree.val), tree.val_from),
+                        test_source=splits.describe_test(cfg, len(tree.test), tree.test_from))
 
 
 def read_stream(paths: list[str], src: StreamSource, cpus: float, concurrency: int, order):

@@ -1,11 +1,12 @@
 """Driver side: the Ray Datasets a run's workers read, and the name each rank reads them by.
 
 materialize: the cached Arrow tables go to Ray Data as ready blocks (`from_blocks`: metadata computed
-here, so not even a metadata task): the whole training split for every rank (each holds it and takes its
-slice of each epoch's permutation, `raytrain.data.memory`), validation cut on the driver into one equal part
-per data-parallel rank (`val_<rank>`): no read task, no split coordinator, and nothing of Ray Data needs a
-CPU while workers (or Tune trials training in their own process) hold every one of them. A one-worker run
-with no Ray (`raytrain.driver`) reads the same cache files with pyarrow instead.
+here, so not even a metadata task): every split whole for every rank (each holds the training split and takes
+its share of each global batch of each epoch's permutation, `raytrain.data.memory`; each keeps its part of
+validation and test, cut for the group's world size when the group starts, `raytrain.data.batches`): no read
+task, no split coordinator, and nothing of Ray Data needs a CPU while workers (or Tune trials training in their
+own process) hold every one of them. A
+one-worker run with no Ray (`raytrain.driver`) reads the same cache files with pyarrow instead.
 
 stream: `read_parquet` + a decoding `map_batches`, with the CPUs reserved for them (`data.stream_cpus`)
 checked against the cluster before anything starts; Ray Train splits the stream across ranks with
@@ -30,6 +31,7 @@ import pyarrow.parquet as pq
 
 from raytrain.config import Experiment
 from raytrain.data.prepare import DataInfo
+from raytrain.data.memory import usable
 from raytrain.data.parquet import StreamSource, decode
 
 
@@ -40,16 +42,18 @@ log = logging.getLogger("raytrain")
 @dataclass
 class Ingest:
     datasets: dict  # name -> ray.data.Dataset
-    shards: dict[str, list[str]]  # "train"/"val" -> the dataset name each rank reads
+    shards: dict[str, list[str]]  # "train"/"val"(/"test": where there is a test set) -> the dataset each rank reads
     split: list[str] = field(default_factory=list)  # names Ray Train splits across ranks (stream)
 
 
 def steps_per_epoch(exp: Experiment, info: DataInfo) -> int:
-    """Optimizer steps per epoch on every rank; the driver passes this to the workers (never re-derived)."""
+    """Optimizer steps per epoch on every rank, the same at every world size of an elastic range (global
+    batches of train.batch_size over the examples every size splits equally: `memory.usable`); the driver
+    passes this to the workers (never re-derived)."""
     par = exp.parallel
     if par.pipeline.stages > 1:  # whole batches only (micro-batches must be equal), shared by dp groups
         return max(1, (info.n_train // exp.per_worker_batch) // par.dp)
-    return max(1, math.ceil((info.n_train // par.workers) / exp.per_worker_batch))
+    return max(1, math.ceil(usable(info.n_train, par.world_sizes) / exp.train.batch_size))
 
 
 def build(exp: Experiment, info: DataInfo, src: Optional[StreamSource] = None) -> Ingest:
@@ -57,23 +61,23 @@ def build(exp: Experiment, info: DataInfo, src: Optional[StreamSource] = None) -
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = ctx.enable_operator_progress_bars = False  # per-epoch lines are the progress
-    world, pipeline = exp.parallel.workers, exp.parallel.pipeline.stages > 1
+    world, pipeline = exp.parallel.max_workers, exp.parallel.pipeline.stages > 1
     if info.ingest == "stream":
         if src.columns is not None:
             warn_if_sorted(src, exp)
         with _stream_context(ctx):
             datasets = {"train": _read(src.train, src, exp, shuffle=True), "val": _read(src.val, src, exp)}
-        return Ingest(datasets, {s: [s] * world for s in datasets}, [] if pipeline else ["train", "val"])
-    tables = {name: pq.read_table(path) for name, path in (("train", info.train_path), ("val", info.val_path))}
-    if pipeline:  # every worker sees the whole set; each group's first stage picks its batches
-        return Ingest({name: ray.data.from_blocks(_blocks(t)) for name, t in tables.items()},
-                      {name: [name] * world for name in tables})
-    # Every rank reads the whole training split (each epoch it takes its slice of a fresh permutation of all of
-    # it: raytrain.data.memory); validation is cut into one equal part per rank.
-    datasets = {"train": ray.data.from_blocks(_blocks(tables["train"])),
-                **{shard_name("val", rank): ray.data.from_blocks(_blocks(part))
-                   for rank, part in enumerate(_equal_parts(tables["val"], world))}}
-    return Ingest(datasets, {"train": ["train"] * world, "val": [shard_name("val", r) for r in range(world)]})
+            if src.test:
+                datasets["test"] = _read(src.test, src, exp)
+        return Ingest(datasets, {s: [s] * world for s in datasets}, [] if pipeline else list(datasets))
+    paths = {"train": info.train_path, "val": info.val_path, **({"test": info.test_path} if info.test_path else {})}
+    tables = {name: pq.read_table(path) for name, path in paths.items()}
+    # Every rank reads every split whole: data parallel, it takes its share of every global batch of each epoch's
+    # fresh permutation (raytrain.data.memory) and cuts its part of validation and test for the group's world size
+    # when the group starts (`batches.Batches`: an elastic group's differs from start to start); pipelined, each
+    # group's first stage picks its batches.
+    return Ingest({name: ray.data.from_blocks(_blocks(t)) for name, t in tables.items()},
+                  {name: [name] * world for name in tables})
 
 
 def warn_if_sorted(src: StreamSource, exp: Experiment) -> None:
@@ -101,20 +105,15 @@ def warn_if_sorted(src: StreamSource, exp: Experiment) -> None:
 @contextmanager
 def _stream_context(ctx):
     """Settings each streamed Dataset snapshots when created (the caller's own context is put back):
-    Parquet datasource V1, a single read operator (V2's ListFiles -> ReadFiles waited ~1.7 s for its first
-    block every epoch here, V1 0.3 s), and blocks of STREAM_BLOCK_BYTES, so an epoch's first batch waits
-    for one small block rather than a whole file (MNIST's train file is one 47 MB block by default)."""
+    Parquet datasource V1, a single read operator (V2's ListFiles -> ReadFiles waits longer for each epoch's
+    first block: docs/data.md), and blocks of STREAM_BLOCK_BYTES, so an epoch's first batch waits for one
+    small block rather than a whole file (a Parquet file is one block by default)."""
     saved = ctx.use_datasource_v2, ctx.target_max_block_size
     ctx.use_datasource_v2, ctx.target_max_block_size = False, STREAM_BLOCK_BYTES
     try:
         yield
     finally:
         ctx.use_datasource_v2, ctx.target_max_block_size = saved
-
-
-def shard_name(split: str, rank: int) -> str:
-    """The dataset a data-parallel rank reads for `split` ("train" / "val")."""
-    return f"{split}_{rank}"
 
 
 def task_cpus(stream_cpus: float) -> tuple[float, int]:
@@ -143,9 +142,10 @@ def _read(paths: list[str], src: StreamSource, exp: Experiment, shuffle: bool = 
 
 
 def from_user(datasets: dict, exp: Experiment, seed: int):
-    """(DataInfo, Ingest, decoded datasets) from the user's own `ray.data.Dataset`s (Python API): checked
-    like Parquet (columns, a sample decoded for shape and type), decoded by the same function, then
-    materialised and cut per rank, or streamed, like every other dataset."""
+    """(DataInfo, Ingest, decoded datasets) from the user's own `ray.data.Dataset`s (Python API: "train",
+    "val", and "test" if there is a test set): checked like Parquet (columns, a sample decoded for shape and
+    type), decoded by the same function, then materialised and cut per rank, or streamed, like every other
+    dataset."""
     import pyarrow as pa
     import ray
 
@@ -155,38 +155,44 @@ def from_user(datasets: dict, exp: Experiment, seed: int):
     missing = [k for k in ("train", "val") if k not in datasets]
     if missing:
         raise UserError(f"datasets: needs 'train' and 'val' ray.data.Dataset entries (missing: {', '.join(missing)})")
+    unknown = sorted(set(datasets) - {"train", "val", "test"})
+    if unknown:
+        raise UserError(f"datasets: unknown entry {unknown[0]!r}; give 'train', 'val' and optionally 'test'")
+    names = [k for k in ("train", "val", "test") if k in datasets]
     shapes = {}
-    for name in ("train", "val"):
+    for name in names:
         cols = datasets[name].schema().names
         for key, col in (("data.features", cfg.features), ("data.label", cfg.label)):
             if col not in cols:
                 raise UserError(f"{key}: column {col!r} not in datasets[{name!r}] (columns: {', '.join(cols)})")
         table = pa.concat_tables(ray.get(datasets[name].limit(256).to_arrow_refs()))
         shapes[name] = decode(table, cfg.features, cfg.label, cfg.shape)["x"].shape[1:]
-    if shapes["train"] != shapes["val"]:
-        raise UserError(f"datasets: train examples have shape {shapes['train']} but val {shapes['val']}")
+    for name in names[1:]:
+        if shapes[name] != shapes["train"]:
+            raise UserError(f"datasets: train examples have shape {shapes['train']} but {name} {shapes[name]}")
     kw = {"features": cfg.features, "label": cfg.label, "shape": cfg.shape}
     decoded = {k: datasets[k].select_columns([cfg.features, cfg.label]).map_batches(decode, batch_format="pyarrow",
-                                                                                 fn_kwargs=kw) for k in ("train", "val")}
+                                                                                 fn_kwargs=kw) for k in names}
     stream = cfg.ingest == "stream"
     if not stream:
         decoded = {k: v.materialize() for k, v in decoded.items()}
-    n_train, n_val = decoded["train"].count(), decoded["val"].count()
-    num_classes = cfg.num_classes or max(_max_label(decoded[k], stream) for k in ("train", "val")) + 1
-    info = DataInfo("<ray.data.Dataset>", "<ray.data.Dataset>", tuple(int(s) for s in shapes["train"]), num_classes,
-                    n_train, n_val, ingest="stream" if stream else "materialize", train_bytes=0)
-    world = exp.parallel.workers
-    if stream or exp.parallel.pipeline.stages > 1:
-        return info, Ingest(decoded, {s: [s] * world for s in decoded}, ["train", "val"] if stream and
-                            exp.parallel.pipeline.stages == 1 else []), decoded
-    parts = {"train": decoded["train"], **{shard_name("val", r): part
-                                           for r, part in enumerate(decoded["val"].split(world, equal=True))}}
-    return info, Ingest(parts, {"train": ["train"] * world, "val": [shard_name("val", r) for r in range(world)]}), decoded
+    counts = {k: decoded[k].count() for k in names}
+    num_classes = cfg.num_classes or max(_max_label(decoded[k], stream) for k in names) + 1
+    given = "<ray.data.Dataset>"
+    info = DataInfo(given, given, tuple(int(s) for s in shapes["train"]), num_classes, counts["train"], counts["val"],
+                    ingest="stream" if stream else "materialize", train_bytes=0,
+                    test_path=given if "test" in counts else None, n_test=counts.get("test", 0),
+                    val_source=f"datasets['val'] ({counts['val']:,})",
+                    test_source=f"datasets['test'] ({counts['test']:,})" if "test" in counts
+                    else "none: no datasets['test']")
+    world = exp.parallel.max_workers
+    split = list(decoded) if stream and exp.parallel.pipeline.stages == 1 else []
+    return info, Ingest(decoded, {s: [s] * world for s in decoded}, split), decoded
 
 
 def _max_label(ds, lazy: bool) -> int:
-    """The largest label. Materialised blocks are read where they lie by a few small tasks (Dataset.max's
-    all-to-all took 5 s on 200 blocks of digits); a lazy dataset has to be read once anyway."""
+    """The largest label. Materialised blocks are read where they lie by a few small tasks (Dataset.max is an
+    all-to-all over every block); a lazy dataset has to be read once anyway."""
     if lazy:
         return int(ds.max("y"))
     import pyarrow.compute as pc
@@ -201,12 +207,6 @@ def _max_label(ds, lazy: bool) -> int:
         return -1
     per = -(-len(refs) // 8)  # a few tasks, each given a run of blocks (one task per block costs a worker each)
     return int(max(ray.get([blocks_max.remote(*refs[i:i + per]) for i in range(0, len(refs), per)])))
-
-
-def _equal_parts(table, n: int) -> list:
-    """`n` consecutive slices of `rows // n` rows each (the remainder is dropped, as streaming_split(equal=True) does)."""
-    size = table.num_rows // n
-    return [table.slice(i * size, size) for i in range(n)]
 
 
 def _blocks(table, rows_per_block: int = 8192, min_blocks: int = 8) -> list:

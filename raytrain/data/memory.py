@@ -2,9 +2,10 @@
 
 Why whole: a buffer shuffle only moves examples a few batches apart, so data stored sorted (by label, by
 class folder) trains on one class at a time and converges somewhere else, silently. Every epoch here is a
-fresh seeded permutation of the *whole* training split, like torch's DistributedSampler: rank r of w takes
-the r-th equal slice of that permutation, so the partition across ranks also changes every epoch. The order
-depends only on (seed, epoch), so a resumed run sees the same order as an uninterrupted one.
+fresh seeded permutation of the *whole* training split, like torch's DistributedSampler: global step g trains
+on the permutation's g-th global batch, rank r of w taking the r-th equal part of it, so the partition across
+ranks also changes every epoch. The order depends only on (seed, epoch) and a step's examples not on the world
+size, so a resumed run (even by a resized elastic group) sees the same order as an uninterrupted one.
 
 Nothing here knows Ray: arrays come from the cache's Parquet files (read with pyarrow, the path that starts
 no Ray) or from a Ray Data shard the host hands over (`load`).
@@ -15,7 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -91,18 +92,42 @@ class InMemory:
         return len(self.y)
 
     def train(self, batch: int, seed: int, epoch: int, rank: int = 0, world: int = 1,
-              drop_last: bool = False) -> Iterator[dict]:
-        """Rank `rank`'s batches of the epoch: its equal slice (`n // world`, the remainder left out this
-        epoch, as DistributedSampler(drop_last=True) does) of the epoch's permutation."""
+              drop_last: bool = False, start_step: int = 0, used: Optional[int] = None) -> Iterator[dict]:
+        """Rank `rank`'s batches of the epoch, `batch` examples each: of global step g (0-based), the rank's
+        contiguous share of the epoch's g-th global batch (`global_batch(...)`), from step `start_step` on (a
+        run resumed mid-epoch: the rest of the same order). So step g means the same examples whatever the world
+        size, and a group resized between a checkpoint and its resume goes on exactly where it stopped. The
+        epoch uses the order's first `used` examples (default: the most `world` divides; the remainder is left
+        out this epoch, as DistributedSampler(drop_last=True) does); `drop_last` ends it at the last whole batch."""
         order = epoch_order(len(self), seed, epoch, self.y.device)
-        per = len(self) // world
-        mine = order[rank * per:(rank + 1) * per]
-        end = per - per % batch if drop_last else per
-        for i in range(0, end, batch):
-            idx = mine[i:i + batch]
+        used = usable(len(self), [world]) if used is None else used
+        size = batch * world
+        end = used - used % size if drop_last else used
+        for start in range(start_step * size, end, size):
+            idx = order[global_batch(start, min(size, end - start), rank, world)]
             yield {"x": self.x[idx], "y": self.y[idx]}
 
     def in_order(self, batch: int) -> Iterator[dict]:
         """Every example once, in stored order (evaluation)."""
         for i in range(0, len(self), batch):
             yield {"x": self.x[i:i + batch], "y": self.y[i:i + batch]}
+
+
+def global_batch(start: int, size: int, rank: int, world: int) -> slice:
+    """Rank `rank`'s share of the global batch order[start:start + size] (`size` divisible by `world`)."""
+    share = size // world
+    return slice(start + rank * share, start + (rank + 1) * share)
+
+
+def usable(n: int, worlds) -> int:
+    """Examples of an `n`-example epoch order that every world size in `worlds` splits into equal shares at
+    every step (the most a multiple of all of them fits): the same count, so the same steps, at any size."""
+    import math
+
+    return n - n % math.lcm(*worlds)
+
+
+def rank_part(n: int, rank: int, world: int) -> slice:
+    """Rank `rank`'s consecutive part of an `n`-example evaluation split: every example once over the ranks
+    (parts differ by at most one example; evaluation sums are reduced, not averaged per rank)."""
+    return slice(rank * n // world, (rank + 1) * n // world)

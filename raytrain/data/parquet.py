@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from raytrain import storage
 from raytrain.config import DataConfig
-from raytrain.data import images, labels
+from raytrain.data import images, labels, splits
 from raytrain.errors import UserError
 
 SAMPLE_ROWS = 16
@@ -71,28 +71,30 @@ class Loaded:
     encoded: bool  # the features were encoded images (uint8 pixels: see images.stats)
 
 
-def read_all(cfg: DataConfig, classes: Optional[list] = None, expect: Optional[tuple] = None) -> Loaded:
-    """Materialise: validate and decode a whole user Parquet file/folder on the driver. A validation set is
-    read with the training set's `classes` and, for images, its (channels, h, w) as `expect`."""
+def read_all(cfg: DataConfig, classes: Optional[list] = None, expect: Optional[tuple] = None,
+             key: str = "data.path") -> Loaded:
+    """Materialise: validate and decode a whole user Parquet file/folder (`cfg.path`, named `key` in errors)
+    on the driver. A validation or test set is read with the training set's `classes` and, for images, its
+    (channels, h, w) as `expect`."""
     import ray.data  # noqa: F401  registers Ray's tensor column type, so such columns keep their shape
 
-    loc = storage.resolve(cfg.path, "data.path")
-    storage.check_reachable(loc, "data.path")
+    loc = storage.resolve(cfg.path, key)
+    storage.check_reachable(loc, key)
     if not loc.exists():
-        raise UserError(f"data.path {cfg.path}: no such file or directory")
+        raise UserError(f"{key} {cfg.path}: no such file or directory")
     try:
         table = pq.read_table(loc.path, filesystem=loc.fs)
     except (pa.ArrowInvalid, OSError) as e:
-        raise UserError(f"data.path {cfg.path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{key} {cfg.path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
     check_columns(table.schema, cfg, cfg.path)
     if table.num_rows == 0:
-        raise UserError(f"data.path {cfg.path}: dataset is empty (0 rows)")
+        raise UserError(f"{key} {cfg.path}: dataset is empty (0 rows)")
     encoded = images.is_encoded(table.schema.field(cfg.features).type)
     if classes is None:
         classes = labels.label_classes(table.column(cfg.label), cfg.label)
     out = decode(table, cfg.features, cfg.label, cfg.shape, cfg.image_size, expect[0] if expect else cfg.channels,
                  expect[1:] if expect else None, classes, lambda i: _row_of(loc, i), images.driver_threads())
-    if len(out["y"]) < 2:
+    if key == "data.path" and len(out["y"]) < 2:
         raise UserError(f"data.path {cfg.path}: need at least 2 rows to hold out a validation set")
     return Loaded(out["x"], out["y"], classes, encoded)
 
@@ -125,6 +127,10 @@ class StreamSource:
     decode_kw: dict = field(default_factory=dict)  # what every Ray Data task decodes with (images, class names)
     paths: bool = False  # read_parquet(include_paths=...): a corrupt image is named by its file
     kind: str = "parquet"  # parquet | folder (an ImageFolder tree: raytrain.data.folders)
+    test: list[str] = field(default_factory=list)  # the test split's files (empty: none)
+    n_test: int = 0
+    val_source: str = ""  # where validation / test come from, in words (raytrain.data.splits)
+    test_source: str = ""
 
 
 def files(loc: storage.Location, key: str) -> list[str]:
@@ -179,6 +185,8 @@ def inspect(cfg: DataConfig, seed: int) -> StreamSource:
     """Validate a Parquet dataset for streaming without reading it: schema, footers, SAMPLE_ROWS rows."""
     loc = storage.resolve(cfg.path, "data.path")
     paths = files(loc, "data.path")
+    test_paths = files(storage.resolve(cfg.test_path, "data.test_path"), "data.test_path") if cfg.test_path else []
+    held = None  # (files held out, of): validation held out of data.path's files
     if cfg.val_path:
         val_loc = storage.resolve(cfg.val_path, "data.val_path")
         val_paths = files(val_loc, "data.val_path")
@@ -191,25 +199,27 @@ def inspect(cfg: DataConfig, seed: int) -> StreamSource:
         n_val = max(1, int(round(len(paths) * cfg.val_fraction)))
         val_paths = sorted(paths[i] for i in order[:n_val])
         train_paths = sorted(paths[i] for i in order[n_val:])
-    metas = footers(loc.fs, train_paths + val_paths)
+        held = (n_val, len(paths))
+    metas = footers(loc.fs, train_paths + val_paths + test_paths)
     schema = metas[0].schema.to_arrow_schema()
-    for path, meta in zip(train_paths + val_paths, metas):
+    for path, meta in zip(train_paths + val_paths + test_paths, metas):
         check_columns(meta.schema.to_arrow_schema(), cfg, path)
     label_type = schema.field(cfg.label).type
     value_type = label_type.value_type if pa.types.is_dictionary(label_type) else label_type
     classes = None
     if pa.types.is_string(value_type) or pa.types.is_large_string(value_type):
-        classes = labels.stream_classes(loc.fs, train_paths, val_paths, cfg.label)
+        classes = labels.stream_classes(loc.fs, train_paths, val_paths + test_paths, cfg.label)
     elif not (pa.types.is_integer(value_type) or pa.types.is_floating(value_type)):
         raise UserError(f"data.label: column {cfg.label!r} must hold integer class ids or class names (strings), "
                         f"not {label_type}")
     counts = [m.num_rows for m in metas]
-    n_train, n_val = sum(counts[: len(train_paths)]), sum(counts[len(train_paths):])
+    n_train, n_val = sum(counts[: len(train_paths)]), sum(counts[len(train_paths):len(train_paths) + len(val_paths)])
+    n_test = sum(counts[len(train_paths) + len(val_paths):])
     if n_train == 0:
         raise UserError(f"data.path {cfg.path}: dataset is empty (0 rows)")
     encoded = images.is_encoded(schema.field(cfg.features).type)
     first = next(p for p, n in zip(train_paths, counts) if n)
-    with loc.fs.open_input_file(first) as f:  # a few rows, not a row group (one was 275 MB of RSS here)
+    with loc.fs.open_input_file(first) as f:  # a few rows, not a row group (a whole one weighs on the driver's RSS)
         sample = pa.Table.from_batches([next(pq.ParquetFile(f).iter_batches(
             batch_size=IMAGE_SAMPLE_ROWS if encoded else SAMPLE_ROWS, columns=[cfg.features, cfg.label]))])
     x = decode(sample, cfg.features, cfg.label, cfg.shape, cfg.image_size, cfg.channels, classes=classes,
@@ -217,7 +227,9 @@ def inspect(cfg: DataConfig, seed: int) -> StreamSource:
     nbytes = sum(m.row_group(i).total_byte_size for m in metas[: len(train_paths)] for i in range(m.num_row_groups))
     src = StreamSource(loc.fs, train_paths, val_paths, (cfg.features, cfg.label), cfg.shape, tuple(x.shape[1:]),
                        labels.class_count(cfg, classes, cfg.path) or cfg.num_classes or _classes(metas, cfg.label), n_train,
-                       n_val, nbytes, classes=classes, decode_kw={"classes": classes} if classes else {})
+                       n_val, nbytes, classes=classes, decode_kw={"classes": classes} if classes else {},
+                       test=test_paths, n_test=n_test, val_source=splits.describe_val(cfg, seed, n_val, files=held),
+                       test_source=splits.describe_test(cfg, n_test))
     if encoded:  # every task decodes to the sample's channels and size; pixels stay uint8
         src.decode_kw.update(image_size=cfg.image_size, channels=int(x.shape[1]), expect=tuple(x.shape[2:]))
         src.norm, src.paths, src.nbytes = images.stats(x, seed), True, n_train * x[0].nbytes

@@ -1,12 +1,13 @@
 """Datasets -> what the workers read, and `DataInfo`, the facts about it they are handed.
 
 Two ingest paths (`data.ingest`, decided here by `ingest_mode`):
-  * materialize: decoded once on the driver into a content-keyed Parquet cache (train/val files with a
+  * materialize: decoded once on the driver into a content-keyed Parquet cache (train/val/test files with a
     Ray tensor column `x` and an int64 `y`), handed to Ray Data as ready Arrow blocks (raytrain.ingest);
   * stream: Ray Data reads and decodes the Parquet (local or a URI) while training; the driver reads only
     footers and a few rows (`parquet.inspect`), never the table.
 Encoded images (Parquet image columns, ImageFolder trees: `images`, `folders`) are decoded to uint8 either
-way; their class names, and string labels' (`labels`), travel in DataInfo.classes.
+way; their class names, and string labels' (`labels`), travel in DataInfo.classes. Which rows are
+validation and which are test, and why: `raytrain.data.splits`.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raytrain.config import DataConfig
+from raytrain.data import splits
 from raytrain.data.mnist import MNIST_FILES, MNIST_MEAN, MNIST_STD, default_dir, load_mnist  # noqa: F401
-from raytrain.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,10 @@ class DataInfo:
     ingest: str = "materialize"
     train_bytes: int = 0  # the training set as stored (the device cache's budget check)
     classes: Optional[list] = None  # class names in id order (ImageFolder folders, string labels), else None
+    test_path: Optional[str] = None  # the test split (read once, at the end of a run); None: the dataset has none
+    n_test: int = 0
+    val_source: str = ""  # where validation / test come from, in words (raytrain.data.splits)
+    test_source: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -67,45 +72,58 @@ def ingest_mode(cfg: DataConfig) -> str:
 
 
 def prepare(cfg: DataConfig, seed: int, cache_root: Path) -> DataInfo:
-    """Decode the configured dataset and write it as train/val Parquet under `cache_root` (once per content)."""
+    """Decode the configured dataset and write it as train/val(/test) Parquet under `cache_root` (once per
+    content and split)."""
     key = _cache_key(cfg, seed)
     out = Path(cache_root).resolve() / key  # absolute: Ray workers and Tune trials run elsewhere
     meta = out / "info.json"
     if meta.is_file():
         return _rebased(DataInfo.from_json(meta.read_text()), out)
-    classes = None
+    classes, test, folders_from = None, None, (None, None)  # test: (x, y) where the dataset has a test set
     if cfg.dataset == "digits":
         x, y, norm = _digits(cfg.upscale)
         (xt, yt), (xv, yv) = _split(x, y, cfg.val_fraction, seed)
     elif cfg.dataset == "images":
         from raytrain.data import folders, images
 
-        (xt, yt), (xv, yv), classes = folders.read(cfg, seed)
+        (xt, yt), (xv, yv), test, tree = folders.read(cfg, seed)
+        classes, folders_from = tree.classes, (tree.val_from, tree.test_from)
         norm = images.stats(xt, seed)
-    elif cfg.dataset == "mnist":
-        (xt, yt), (xv, yv) = load_mnist(Path(cfg.path) if cfg.path else default_dir())
+    elif cfg.dataset == "mnist":  # validation: held out of the 60,000 training images; test: the official 10,000
+        (x, y), test = load_mnist(Path(cfg.path) if cfg.path else default_dir())
+        (xt, yt), (xv, yv) = _split(x, y, cfg.val_fraction, seed)
         norm = (1 / 255.0, MNIST_MEAN, MNIST_STD)
     else:
         from raytrain.data import images, labels, parquet
 
         got = parquet.read_all(cfg)
         classes = got.classes
+        expect = got.x.shape[1:] if got.encoded else None
         if cfg.val_path:
-            val = parquet.read_all(cfg.model_copy(update={"path": cfg.val_path}), classes,
-                                   got.x.shape[1:] if got.encoded else None)
+            val = parquet.read_all(cfg.model_copy(update={"path": cfg.val_path}), classes, expect, "data.val_path")
             (xt, yt), (xv, yv) = (got.x, got.y), (val.x, val.y)
         else:
             (xt, yt), (xv, yv) = _split(got.x, got.y, cfg.val_fraction, seed)
+        if cfg.test_path:
+            held = parquet.read_all(cfg.model_copy(update={"path": cfg.test_path}), classes, expect, "data.test_path")
+            test = (held.x, held.y)
         norm = images.stats(xt, seed) if got.encoded else (1.0, 0.0, 1.0)
         labels.class_count(cfg, classes, cfg.path)
-    num_classes = len(classes) if classes else cfg.num_classes or int(max(yt.max(), yv.max())) + 1
+    top = max(int(yt.max()), int(yv.max()), int(test[1].max()) if test is not None and len(test[1]) else 0)
+    num_classes = len(classes) if classes else cfg.num_classes or top + 1
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     _write(tmp / "train.parquet", xt, yt)
     _write(tmp / "val.parquet", xv, yv)
+    if test is not None:
+        _write(tmp / "test.parquet", *test)
+    n_test = len(test[1]) if test is not None else 0
     info = DataInfo(str(out / "train.parquet"), str(out / "val.parquet"), tuple(int(s) for s in xt.shape[1:]),
-                    num_classes, len(yt), len(yv), *norm, train_bytes=int(xt.nbytes + yt.nbytes), classes=classes)
+                    num_classes, len(yt), len(yv), *norm, train_bytes=int(xt.nbytes + yt.nbytes), classes=classes,
+                    test_path=str(out / "test.parquet") if test is not None else None, n_test=n_test,
+                    val_source=splits.describe_val(cfg, seed, len(yv), folders_from[0]),
+                    test_source=splits.describe_test(cfg, n_test, folders_from[1]))
     (tmp / "info.json").write_text(info.to_json())
     try:
         tmp.rename(out)  # atomic publish: a concurrent or killed preparer never leaves a half-written cache
@@ -124,23 +142,28 @@ def stream_source(cfg: DataConfig, seed: int, cache_root: Path):
 
         src = parquet.inspect(cfg, seed) if cfg.dataset == "parquet" else folders.inspect(cfg, seed)
         info = DataInfo(cfg.path, cfg.val_path or cfg.path, src.in_shape, src.num_classes, src.n_train, src.n_val,
-                        *src.norm, ingest="stream", train_bytes=src.nbytes, classes=src.classes)
+                        *src.norm, ingest="stream", train_bytes=src.nbytes, classes=src.classes,
+                        test_path=(cfg.test_path or cfg.path) if src.test else None, n_test=src.n_test,
+                        val_source=src.val_source, test_source=src.test_source)
         return info, src
     info = prepare(cfg, seed, cache_root)
     src = parquet.StreamSource(storage.pafs.LocalFileSystem(), [info.train_path], [info.val_path], None, None,
-                               info.in_shape, info.num_classes, info.n_train, info.n_val, info.train_bytes)
+                               info.in_shape, info.num_classes, info.n_train, info.n_val, info.train_bytes,
+                               test=[info.test_path] if info.test_path else [], n_test=info.n_test)
     return replace(info, ingest="stream"), src
 
 
 def _rebased(info: DataInfo, out: Path) -> DataInfo:
     """The cache folder may have moved (or been written with relative paths): trust its location."""
-    return replace(info, train_path=str(out / "train.parquet"), val_path=str(out / "val.parquet"))
+    return replace(info, train_path=str(out / "train.parquet"), val_path=str(out / "val.parquet"),
+                   test_path=str(out / "test.parquet") if info.test_path else None)
 
 
 def _cache_key(cfg: DataConfig, seed: int) -> str:
     ident = cfg.model_dump(mode="json", exclude={"ingest", "materialize_max_mb", "stream_cpus", "device_cache", "augment"})
-    ident["seed"] = None if cfg.dataset == "mnist" else seed  # official split: seed does not matter
-    ident["files"] = [_stats(p) for p in (cfg.path, cfg.val_path) if p]
+    ident["seed"] = seed  # mnist too: its validation split is held out of the training images
+    ident["splits"] = "train/val/test"  # before: mnist's validation was its test set; never reuse such a cache
+    ident["files"] = [_stats(p) for p in (cfg.path, cfg.val_path, cfg.test_path) if p]
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     return f"{cfg.dataset}-{digest}"
 
@@ -172,12 +195,7 @@ def _write(path: Path, x: np.ndarray, y: np.ndarray) -> None:
 
 
 def _split(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int):
-    n = len(y)
-    n_val = max(1, int(round(n * val_fraction)))
-    if n - n_val < 1:
-        raise UserError(f"data.val_fraction {val_fraction} leaves no training examples out of {n}")
-    perm = np.random.default_rng(seed).permutation(n)
-    tr, va = perm[n_val:], perm[:n_val]
+    tr, va = splits.hold_out(len(y), val_fraction, seed)
     return (x[tr], y[tr]), (x[va], y[va])
 
 

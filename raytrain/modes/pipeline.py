@@ -9,8 +9,8 @@ filtered on the host and only this group's are moved to the device.
 
 from __future__ import annotations
 
+import itertools
 import logging
-import time
 from typing import Callable, Optional
 
 import torch
@@ -18,12 +18,12 @@ import torch
 from raytrain import collectives
 from raytrain.checkpoint import stage_file
 from raytrain.data.memory import InMemory, load
-from raytrain.epoch import SchedulerStepper, StepEnv, timed
+from raytrain.epoch import SchedulerStepper, StepEnv, run_steps
+from raytrain.records import EvalSums, TrainSums
 from raytrain.models import model_from
 from raytrain.optim import build_optimizer
 from raytrain.parallel import pipeline as pl
 from raytrain.state import TrainState
-from raytrain.techniques.early_stopping import EarlyStopper
 from raytrain.techniques.precision import autocast, resolve_precision
 from raytrain.techniques import augment
 from raytrain.techniques.pruning import forward_flops
@@ -53,22 +53,18 @@ class Pipelined:
         optimizer = build_optimizer(torch.nn.ModuleList(self.pipe.parts), exp.train.optimizer)
         steps = plan.steps_per_epoch
         scheduler = build_scheduler(optimizer, exp.train.schedule, exp.train.epochs, steps, exp.train.optimizer.lr)
-        stopper = EarlyStopper(exp.train.early_stopping) if exp.train.early_stopping else None
         self.state = TrainState(self.pipe, optimizer, SchedulerStepper(scheduler, exp.train.epochs * steps),
-                                torch.amp.GradScaler(device.type, enabled=False), stopper, None, exp, info,
+                                torch.amp.GradScaler(device.type, enabled=False), exp, info,
                                 stage=mesh.pp_rank, stages=mesh.pp)
         if payload is not None:
             self.state.load_state_dict(payload)
-        self.shards = {s: host.shard(plan.shard(s, host.rank)) for s in ("train", "val")}
+        self.shards = {s: host.shard(plan.shard(s, host.rank)) for s in plan.shards}  # train, val (, test)
         self.memory: dict[str, InMemory] = {}
 
     @property
     def writes_checkpoint(self) -> bool:
         """The dp-rank-0 replica of each stage writes its shard; Ray Train merges them into one folder."""
         return self.pipe.mesh.dp_rank == 0
-
-    def before_epoch(self, epoch: int) -> None:
-        pass
 
     def _batches(self, split: str, epoch: int = 0):
         """Group d's batches: d, d+dp, ... of one order shared by all groups (the same seed everywhere)."""
@@ -87,43 +83,38 @@ class Pipelined:
             it = self.shards[split].iter_torch_batches(device="cpu", batch_size=bs, **kw)  # moved by StepEnv
         return (b for i, b in enumerate(it) if i % mesh.dp == mesh.dp_rank)
 
-    def train_epoch(self, epoch: int, on_step=None) -> dict:
-        """`on_step(step, clock)` as in `epoch.train_epoch` (progress only: rungs on seconds are one-worker)."""
-        s, env, bs, steps = self.state, self.env, self.exp.per_worker_batch, self.plan.steps_per_epoch
-        started = time.perf_counter()
+    def train_epoch(self, epoch: int, on_step=None, start_step: int = 0) -> TrainSums:
+        """This rank's part of every step of the epoch, through the one step loop (`epoch.run_steps`): the
+        first stage iterates its group's batches, the other stages take part in as many steps with none."""
+        env, steps = self.env, self.plan.steps_per_epoch
         if env.augment is not None:  # one order and one draw per epoch, shared by every group's first stage
-            env.augment.reseed(epoch, 0)
-        batches = self._batches("train", epoch)
-        wait = [0.0]
-        it = iter(timed(batches, wait)) if batches is not None else None
+            env.augment.reseed(epoch, 0, start_step)
+        batches = self._batches("train", epoch)  # resumed mid-epoch: the rest of the same order
+        left = steps - start_step
+        batches = (itertools.islice(batches, start_step, steps) if batches is not None
+                   else itertools.repeat(None, left))
         self.pipe.train(True)
-        loss_sum = correct = count = 0.0
-        first_step_at = None
-        for step in range(steps):
-            x = y = None
-            if it is not None:
-                x, y = env.inputs(next(it), train=True)
-            n, labels = pl.share_batch(self.pipe.mesh, y, bs, env.device)
-            s.optimizer.zero_grad(set_to_none=True)
-            with autocast(env.precision, env.device):
-                ls, c = self._step(x, labels, n, train=True)
-            if self.exp.train.max_grad_norm is not None:
-                pl.clip_grad_norm(self.pipe, self.exp.train.max_grad_norm)
-            s.optimizer.step()
-            s.stepper.step()
-            loss_sum, correct = loss_sum + ls, correct + c
-            count += n if self.pipe.holds_last else 0
-            first_step_at = first_step_at or time.time()
-            if on_step is not None:
-                on_step(step + 1, lambda sync=False: time.perf_counter() - started)
-        env.synchronize()
-        return {"loss_sum": loss_sum, "correct": correct, "count": count, "steps": steps, "skipped_steps": 0,
-                "wait_seconds": wait[0], "first_step_at": first_step_at or time.time()}
+        return run_steps(batches, self._train_step, env, on_step, first_step=start_step + 1)
 
-    def evaluate(self) -> dict:
-        """Forward-only over the validation set; the last batch is padded to full size and masked."""
+    def _train_step(self, batch):
+        s, env = self.state, self.env
+        x = y = None
+        if batch is not None:
+            x, y = env.inputs(batch, train=True)
+        n, labels = pl.share_batch(self.pipe.mesh, y, self.exp.per_worker_batch, env.device)
+        s.optimizer.zero_grad(set_to_none=True)
+        with autocast(env.precision, env.device):
+            ls, c = self._step(x, labels, n, train=True)
+        if self.exp.train.max_grad_norm is not None:
+            pl.clip_grad_norm(self.pipe, self.exp.train.max_grad_norm)
+        s.optimizer.step()
+        s.stepper.step()
+        return ls, c, (n if self.pipe.holds_last else 0)
+
+    def evaluate(self, split: str = "val") -> EvalSums:
+        """Forward-only over `split`; the last batch is padded to full size and masked."""
         env, bs = self.env, self.exp.per_worker_batch
-        batches = self._batches("val")
+        batches = self._batches(split)
         self.pipe.train(False)
         loss_sum = correct = count = 0.0
         while True:
@@ -140,7 +131,7 @@ class Pipelined:
             with autocast(env.precision, env.device):
                 ls, c = self._step(x, labels, n, train=False)
             loss_sum, correct, count = loss_sum + ls, correct + c, count + (n if self.pipe.holds_last else 0)
-        return {"loss_sum": loss_sum, "correct": correct, "count": count}
+        return EvalSums(float(loss_sum), float(correct), float(count))
 
     def _step(self, x, labels, n: int, train: bool):
         try:
@@ -154,9 +145,6 @@ class Pipelined:
             if inner is e:
                 raise
             raise RuntimeError(f"pipeline stage {self.pipe.mesh.pp_rank}: {type(inner).__name__}: {inner}") from e
-
-    def finish(self) -> None:
-        pass
 
     def labels(self) -> dict:
         return {"precision": self.env.precision, "channels_last": False, "pruned_ratio": 0.0,

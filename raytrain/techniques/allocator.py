@@ -2,8 +2,8 @@
 
 glibc serves blocks above a (dynamic) threshold with mmap and unmaps them on free, so every
 training step re-faults and re-zeroes the pages of its activation and gradient buffers. Pinning
-the mmap threshold and disabling heap trimming keeps those pages mapped: measured 1.6x more
-samples/s for the bf16 channels_last cnn on this CPU. A no-op where libc is not glibc.
+the mmap threshold and disabling heap trimming keeps those pages mapped (what that gains: bench/README.md).
+A no-op where libc is not glibc.
 """
 
 from __future__ import annotations

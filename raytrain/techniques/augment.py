@@ -78,11 +78,15 @@ class Augment:
         self.gen = torch.Generator(device=device)
         self.reseed(0, 0)
 
-    def reseed(self, epoch: int, rank: int) -> None:
-        self.gen.manual_seed((self.seed * 1_000_003 + epoch) * 4099 + rank)
+    def reseed(self, epoch: int, rank: int, step: int = 0) -> None:
+        """Draws of `epoch` on `rank` from its step `step` on: each batch's draws depend only on (seed, epoch,
+        rank, step), so a run resumed mid-epoch augments its remaining batches as the uninterrupted run did."""
+        self.epoch, self.rank, self.step = epoch, rank, step
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         c, g = self.cfg, self.gen
+        g.manual_seed(((self.seed * 1_000_003 + self.epoch) * 4099 + self.rank) * 1_000_033 + self.step)
+        self.step += 1
         if c.resized_crop:
             x = resized_crop(x, tuple(c.resized_crop), g)
         x = random_crop(x, c.crop, g)

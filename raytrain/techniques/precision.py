@@ -2,8 +2,8 @@
 
 `auto` is decided per worker, on the device it actually got: bf16 where the hardware runs bf16
 natively (recent CPUs with AVX512-BF16/AMX, Ampere+ GPUs; emulated bf16 on V100/T4 does not count),
-fp16 with a GradScaler on older GPUs, else fp32. fp16 on a CPU is refused at validation: measured
-2-24x slower than fp32 here. Pipelines never use fp16 (GradScaler's skip decision would differ per
+fp16 with a GradScaler on older GPUs, else fp32. fp16 on a CPU is refused at validation: far slower
+than fp32 there (bench/README.md). Pipelines never use fp16 (GradScaler's skip decision would differ per
 stage), so `auto` falls back to fp32 there. Every precision decision lives in this file.
 """
 

@@ -10,6 +10,7 @@ import math
 
 from raytrain import storage
 from raytrain.errors import UserError
+from raytrain.tuner import confirm_report
 from raytrain.tuner.labels import params_text, trial_name
 
 
@@ -151,7 +152,10 @@ def _num(v, fmt):
 
 
 def headline(summary: dict) -> str:
-    """The user's question first: the fastest configuration to the target (or the best one), ready to run."""
+    """The user's question first: the fastest configuration to the target (or the best one), ready to run; with a
+    confirmation, its winner."""
+    if summary.get("confirmation"):
+        return confirm_report.headline(summary)
     target = (summary.get("objective") or {}).get("time_to_target")
     ok = [r for r in summary["trials"] if not str(r["status"]).startswith(("error", "skipped", "diverged"))]
     best_yaml = summary.get("best_yaml")
@@ -195,7 +199,7 @@ def write_report(run_dir) -> str:
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}td.n{{white-space:nowrap}}</style></head><body>
 <h1>Search report</h1>{headline(summary)}
-<p>Every accuracy here is measured on {split}.</p>
+<p>Every accuracy here is measured on {split}.</p>{confirm_report.section(summary)}
 <h2>Accuracy vs time</h2><img src="data:image/png;base64,{_png(pareto(summary))}">
 <p>{html.escape(summary['run_dir'])} &mdash; {len(summary['trials'])} trials, {summary['trial_epochs']} trial-epochs,
 {summary['wall_s']:.0f} s wall{html.escape(' (' + summary['budget_note'] + ')') if summary.get('budget_note') else ''}.

@@ -23,13 +23,12 @@ from ray import tune
 from raytrain import _ray_compat, console, loop, storage
 from raytrain.errors import UserError
 from raytrain.runtime import needed
+from raytrain.tuner.hooks import span
 from raytrain.tuner.spec import RungClock, SearchConfig, SearchSpec
 
 RELEASE_WAIT_S = 30.0
-CLOCK_FILE = "rung_clock.json"  # the trial's RungClock, so that a restored trial's rungs go on (see _load_clock)
+CLOCK_FILE = "rung_clock.json"  # a nested trial's RungClock, so that a restarted trial's rungs go on (_load_clock)
 log = logging.getLogger("raytrain")
-_datasets: dict = {}  # per trial process: (data info JSON, workers) -> Ingest, reused by the next trials
-_warmed: list[bool] = []  # per trial process: its first training step was taken (epochs.warm_up)
 
 
 def run_trial(config: dict, raw: dict, search_json: str, source: str, run_uri: str) -> None:
@@ -48,53 +47,42 @@ def run_trial(config: dict, raw: dict, search_json: str, source: str, run_uri: s
         prep = driver.preflight(exp)
     except UserError as e:  # a combination the schema or the hardware refuses: skip it, keep searching
         tune.report(clock.add({"val_accuracy": 0.0, "val_loss": math.inf, "epoch": 0, "elapsed_s": 0.0,
-                                                "stop_reason": f"skipped: {e}", **_span(started)}))
+                                                "stop_reason": f"skipped: {e}", **span(started)}))
         return
     key = (prep.info.to_json(), exp.data.model_dump_json(), exp.seed, exp.parallel.workers,
            exp.parallel.pipeline.stages > 1)
-    if key not in _datasets:
-        _datasets[key] = build(exp, prep.info, prep.source)
-    ingest = _datasets[key]
+    ingest = _DATASETS.get(key, lambda: build(exp, prep.info, prep.source))
     plan = RunPlan(exp.model_dump_json(), prep.info.to_json(), steps_per_epoch(exp, prep.info), ingest.shards,
-                   launch_time=time.time(), mode="trial", probe_at_s=spec.search.asha.rung_seconds())
+                   launch_time=time.time(), mode="trial")
+    rungs = spec.search.asha.rung_seconds()
     if spec.search.trial.in_trial:
         from raytrain.hosts import TuneHost
+        from raytrain.tuner.hooks import RungProbe, TrialReport, WarmUp
 
         device = torch.device("cuda", 0) if exp.parallel.use_gpu else torch.device("cpu")
-        host = _Annotated(TuneHost(ingest.datasets, device), started, clock)
-        registered = host.registered()
-        if registered is not None:
-            _load_clock(clock, registered / CLOCK_FILE)
-        if not _warmed:  # the process's first trial: its warm-up is not its training time
-            host.warm_up_s = loop.warm_up(host, plan)
-            _warmed.append(True)
-        loop.run(host, plan)
+        report = TrialReport(clock, started)
+        hooks = [report, WarmUp(report), *([RungProbe(rungs, report)] if rungs else [])]
+        loop.run(TuneHost(ingest.datasets, device), plan, callbacks=hooks)
         return
-    _nested(exp, plan, ingest, run_uri, clock)
+    _nested(exp, plan, ingest, run_uri, clock, rungs)
 
 
-class _Annotated:
-    """A host that adds to each report what the search layer needs: the trial's monotonic start and report
-    times (overlap checks), the process warm-up taken before its clock (`warm_up_s`) and, for a time
-    objective, ASHA's signal (`RungClock`: seconds to the rung accuracy, or the best val accuracy so far),
-    whose state goes into each checkpoint's folder (CLOCK_FILE)."""
+class _Reused:
+    """The datasets of a trial process's last data setting, reused by its next trial with the same setting
+    (Tune reuses trial processes: building them again would cost each trial its data's start-up). One entry:
+    a trial with another setting replaces it, and the old one's blocks are freed."""
 
-    def __init__(self, host, started: float, clock: RungClock):
-        self.host, self.started, self.clock = host, started, clock
-        self.warm_up_s = 0.0  # the process's warm-up, taken before this trial's clock (its first trial only)
+    def __init__(self):
+        self.key, self.value = None, None
 
-    def __getattr__(self, name):
-        return getattr(self.host, name)
-
-    def report(self, metrics: dict, files) -> None:
-        metrics = self.clock.add({**metrics, **_span(self.started), "warm_up_s": self.warm_up_s})
-        if files:
-            files = {**files, CLOCK_FILE: json.dumps(self.clock.state_dict()).encode()}
-        self.host.report(metrics, files)
+    def get(self, key, build):
+        if key != self.key:
+            self.key, self.value = None, None  # drop the old datasets before building the new ones
+            self.value, self.key = build(), key
+        return self.value
 
 
-def _span(started: float) -> dict:
-    return {"trial_started_mono": started, "reported_mono": time.monotonic()}
+_DATASETS = _Reused()
 
 
 def _load_clock(clock: RungClock, path: storage.Location) -> None:
@@ -110,7 +98,7 @@ def _load_clock(clock: RungClock, path: storage.Location) -> None:
         log.warning(f"{path.uri}: unreadable rung clock ({e}); this trial's rungs start afresh")
 
 
-def _nested(exp, plan, ingest, run_uri: str, clock: RungClock) -> None:
+def _nested(exp, plan, ingest, run_uri: str, clock: RungClock, rungs: list[float]) -> None:
     """The trial's own TorchTrainer, its checkpoints in the search's storage (<run>/trials/<trial id>/train),
     never in Tune's local staging folder, so they outlive the cluster and a resumed search finds them."""
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -126,7 +114,10 @@ def _nested(exp, plan, ingest, run_uri: str, clock: RungClock) -> None:
             if checkpoint is not None:
                 (trial_dir / CLOCK_FILE).write_text(json.dumps(clock.state_dict()))
 
-    fit = build_trainer(exp, plan, ingest, trial_dir, callbacks=[Forward()])
+    from raytrain.tuner.hooks import RungProbe
+
+    fit = build_trainer(exp, plan, ingest, trial_dir, callbacks=[Forward()],
+                        loop_callbacks=[RungProbe(rungs)] if rungs else None)
     try:
         fit.fit()
     except ray.train.TrainingFailedError as e:

@@ -41,7 +41,7 @@ def require_state_api() -> None:
     Train V2 places each trial's workers in a placement group owned by the *driver's job*; when ASHA
     stops a trial, only Train's PlacementGroupCleaner (which asks the state API whether the trial's
     controller is alive) gives those CPUs back. Without it every stopped trial leaks its workers'
-    CPUs and the search starves (measured: 14 of 18 trials failed to place their workers)."""
+    CPUs and the search starves: later trials cannot place their workers."""
     from ray.util.state import list_actors
 
     deadline = time.monotonic() + STATE_API_WAIT_S  # a dashboard that just started needs a few seconds
@@ -115,7 +115,7 @@ def make_scheduler(s: SearchConfig) -> ASHAScheduler:
     """ASHA on epochs (one report per epoch = one training_iteration): for an accuracy objective its rungs
     compare the objective's metric; for a time objective, the seconds to an intermediate accuracy (`RungClock`,
     added to every report by the trial). With `asha.grace_s`, ASHA on training seconds (`elapsed_s`, the clock
-    time_to_target_s reads): each trial reports its val accuracy at every rung (`RunPlan.probe_at_s`), and the
+    time_to_target_s reads): each trial reports its val accuracy at every rung (`tuner.hooks.RungProbe`), and the
     rungs compare the best it has reported by then (`RungClock`) at equal seconds. Trials end by their own
     epochs, never at ASHA's max_t."""
     a = s.asha
@@ -133,11 +133,12 @@ class BudgetedSearch(BasicVariantGenerator):
     """Tune's default generator, seeded, carrying the concurrency limit (Tune ignores
     TuneConfig.max_concurrent_trials for a search_alg passed in) and the search's budget: once its wall
     time or trial-epochs are spent it admits no more trials and the running ones finish. Its counters
-    are saved with Tune's search state, so a resumed search keeps what it had spent."""
+    are saved with Tune's search state, so a resumed search keeps what it had spent. With `search.confirm`,
+    what the confirmation is projected to take (`confirm.Reserve`) counts as spent already."""
 
-    def __init__(self, *args, wall_s=None, trial_epochs=None, **kw):
+    def __init__(self, *args, wall_s=None, trial_epochs=None, reserve=None, **kw):
         super().__init__(*args, **kw)
-        self.budget_wall_s, self.budget_trial_epochs = wall_s, trial_epochs
+        self.budget_wall_s, self.budget_trial_epochs, self.reserve = wall_s, trial_epochs, reserve
         self.started, self.stopped_admitting = time.time(), None
         self.trained: dict[str, float] = {}  # trial id -> the most epochs it trained (fractions at rungs on seconds)
         self.spent_wall_s = 0.0  # as of the last save: a resumed search does not count the time it was down
@@ -153,6 +154,7 @@ class BudgetedSearch(BasicVariantGenerator):
     def set_state(self, state):
         super().set_state(state)
         self.__dict__.setdefault("trained", {})  # state saved before rungs on seconds
+        self.__dict__.setdefault("reserve", None)  # state saved before search.confirm
         self.started = time.time() - self.spent_wall_s
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -160,12 +162,16 @@ class BudgetedSearch(BasicVariantGenerator):
 
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
         self._count(trial_id, result)  # the report ASHA stopped a trial at comes here, not to on_trial_result
+        if self.reserve is not None:
+            self.reserve.complete(trial_id, error)
         super().on_trial_complete(trial_id, result=result, error=error)
 
     def _count(self, trial_id: str, result) -> None:
         if result and result.get("trained_epochs") is not None:  # epochs, and fractions at rungs on seconds
             # the most a trial trained: one restarted from an earlier checkpoint still spent what it lost
             self.trained[trial_id] = max(self.trained.get(trial_id, 0.0), float(result["trained_epochs"]))
+        if self.reserve is not None:
+            self.reserve.observe(trial_id, result)
 
     def next_trial(self):
         reason = self._spent()
@@ -175,20 +181,26 @@ class BudgetedSearch(BasicVariantGenerator):
         return super().next_trial()
 
     def _spent(self):
-        if self.budget_wall_s is not None and time.time() - self.started >= self.budget_wall_s:
-            return f"wall budget {self.budget_wall_s:g} s spent"
-        if self.budget_trial_epochs is not None and self.spent_trial_epochs >= self.budget_trial_epochs:
-            return f"trial-epoch budget {self.budget_trial_epochs} spent"
+        wall, epochs = self.reserve.estimate() if self.reserve is not None else (0.0, 0.0)
+        if self.budget_wall_s is not None and time.time() - self.started + wall >= self.budget_wall_s:
+            return f"wall budget {self.budget_wall_s:g} s spent" + (f" ({wall:.0f} s of it kept for the confirmation)"
+                                                                   if wall else "")
+        if self.budget_trial_epochs is not None and self.spent_trial_epochs + epochs >= self.budget_trial_epochs:
+            return f"trial-epoch budget {self.budget_trial_epochs} spent" + (
+                f" ({epochs:.3g} of it kept for the confirmation)" if epochs else "")
         return None
 
 
 def seeded_search(spec: SearchSpec, concurrent: int) -> BudgetedSearch:
     """Grid points go in as points_to_evaluate, one trial each, in the spec's order (see SearchConfig.order);
     num_samples is then the trial count, so nothing is generated after them."""
+    from raytrain.tuner.confirm import Reserve
+
     seed = spec.search.seed if spec.search.seed is not None else spec.base.seed
-    b = spec.search.budget
+    b, s = spec.search.budget, spec.search
     return BudgetedSearch(points_to_evaluate=spec.grid_points(), random_state=seed, max_concurrent=concurrent,
-                          wall_s=b.wall_s, trial_epochs=b.trial_epochs)
+                          wall_s=b.wall_s, trial_epochs=b.trial_epochs,
+                          reserve=Reserve(s, concurrent) if s.confirm and (b.wall_s or b.trial_epochs) else None)
 
 
 def best(rows: list[dict]):
@@ -213,6 +225,8 @@ def collect(spec: SearchSpec, grid) -> list[dict]:
         rows.append({"trial_id": m.get("trial_id") or Path(r.path).name, "params": params, "status": status,
                      "epochs": epochs, "trained_epochs": round(trained, 3), "val_accuracy": m.get("val_accuracy"),
                      "val_loss": m.get("val_loss"), "elapsed_s": m.get("elapsed_s"), "time_to_target_s": m.get("time_to_target_s"),
+                     # the test split, read once at a trial's end (absent: stopped early by ASHA, or no test set)
+                     **{k: m[k] for k in ("test_accuracy", "test_loss") if m.get(k) is not None},
                      "params_total": m.get("params_total"), "path": r.path,
                      "warm_up_s": m.get("warm_up_s"),  # the trial process's warm-up, before this trial's clock
                      "history": [{k: h.get(k) for k in ("epoch", "val_accuracy", "val_loss", "elapsed_s", "train_loss",

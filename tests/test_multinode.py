@@ -1,0 +1,201 @@
+"""A real multi-node Ray cluster on this machine (issue 32): a head of the test's own and a second node started by
+`ray start --address=...` with its own resources, run output on the S3 API server (moto). An elastic DDP group
+(`parallel.workers: [1, 2]`, one worker per node) whose second node is SIGKILLed mid-epoch goes on with the
+worker left from the newest step checkpoint and grows back when a node joins again; a node drained with a
+deadline (`ray drain-node`, as the autoscaler does for a spot reclaim) makes the group checkpoint before the
+deadline, and the run resumes from that checkpoint; a local `output` is refused on the real two nodes (no
+environment override). Every step trained is logged by `multinode.StepLog`, so each test knows exactly which
+steps ran where and which were redone. (No-Ray unit tests of elastic groups: tests/test_elastic.py.)"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from helpers import head, run_cli, write_yaml
+from multinode import Node, steps, wait_for
+
+TESTS = Path(__file__).resolve().parent
+EVERY = 5  # checkpoint.every_steps of the kill test
+# Faster than Ray's defaults, for a test's patience only: a dead raylet is declared dead after 3 missed 1 s health
+# checks (not 5 x 3 s), Train's drain watcher polls every second (not 5 s), and a worker group that cannot be
+# placed gives up after 10 s (raytrain's 30 s): Ray Train's first restart after a node died may still ask for it.
+FAST = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
+        "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "1", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "10"}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, s3_server):
+    """A head with 1 CPU (so the second worker needs the second node) and a bucket for the runs."""
+    tmp = tmp_path_factory.mktemp("cluster")
+    with head(tmp, extra_env=FAST, num_cpus=1, start_timeout=180) as (address, _, env, _):
+        env = {k: v for k, v in env.items() if k != "RAYTRAIN_AUTOSCALING"}  # the real node count decides
+        env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env["PYTHONPATH"]])  # multinode.StepLog on the workers
+        yield SimpleNamespace(address=address, env=env, bucket=s3_server(), tmp=tmp)
+
+
+@pytest.fixture
+def node2(cluster, tmp_path):
+    node = Node(cluster.address, cluster.env, tmp_path, "node2").started()
+    yield node
+    node.kill()
+
+
+class Run:
+    """`raytrain train` of an elastic [1, 2] DDP group on the cluster, its steps logged and paced."""
+
+    def __init__(self, cluster, tmp_path: Path, name: str, pace: float, **checkpoint):
+        self.log, self.pace, self.summary = tmp_path / "steps.jsonl", tmp_path / "pace", tmp_path / "s.json"
+        self.set_pace(pace)
+        exp = {"name": name, "seed": 0, "data": {"dataset": "digits"}, "model": {"name": "mlp", "width": 0.5},
+               "train": {"epochs": 3, "batch_size": 64, "precision": "fp32", "optimizer": {"name": "sgd", "lr": 0.05}},
+               "parallel": {"workers": [1, 2], "cpus_per_worker": 1, "resize_check_s": 2},
+               "checkpoint": checkpoint, "output": f"s3://{cluster.bucket}/runs",
+               "callbacks": [{"name": "multinode:StepLog", "args": {"path": str(self.log), "pace": str(self.pace)}}]}
+        cfg = write_yaml(tmp_path / f"{name}.yaml", exp)
+        self.out = open(tmp_path / "driver.out", "w")
+        self.root = f"s3://{cluster.bucket}/runs/{name}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "raytrain", "train", str(cfg), "--summary-json",
+                                      str(self.summary)], env=cluster.env, cwd=tmp_path, stdout=self.out,
+                                     stderr=subprocess.STDOUT)
+
+    def set_pace(self, seconds: float) -> None:
+        self.pace.write_text(str(seconds))
+
+    def steps(self) -> list[dict]:
+        return steps(self.log)
+
+    def trained(self, what: str, check, timeout: float = 240) -> list[dict]:
+        """Waits until `check(step rows)` holds (failing with the driver's output if the driver ended first)."""
+        def ready():
+            if self.proc.poll() is not None:
+                pytest.fail(f"the run ended (exit {self.proc.returncode}) before {what}:\n{self.tail()}")
+            rows = self.steps()
+            return rows if check(rows) else None
+        return wait_for(what, ready, timeout)
+
+    def step_checkpoints(self) -> list[tuple[int, int]]:
+        """(epoch 0-based, step) of every step checkpoint the run logged so far, from its metrics.jsonl on S3."""
+        from raytrain.hosts import read_rows
+        from raytrain.storage import resolve
+
+        root = resolve(self.root)
+        runs = root.children(dirs_only=True) if root.exists() else []
+        rows = [r for d in runs for r in read_rows(d, steps=True) if r.get("step_checkpoint")]
+        return [(r["epoch"] - 1, r["step"]) for r in rows]
+
+    def finish(self, timeout: float = 300) -> dict:
+        import json
+
+        self.set_pace(0)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            pytest.fail(f"the run still going after {timeout:.0f} s:\n{self.tail()}")
+        assert self.proc.returncode == 0, self.tail()
+        return json.loads(self.summary.read_text())
+
+    def tail(self) -> str:
+        self.out.flush()
+        return Path(self.out.name).read_text()[-4000:]
+
+
+def _first(rows: list[dict], **match) -> dict:
+    return next(r for r in rows if all(r[k] == v for k, v in match.items()))
+
+
+def test_local_output_is_refused_on_two_real_nodes(cluster, node2, tmp_path, starts_ray):
+    """The cluster really has two nodes (no RAYTRAIN_AUTOSCALING): a local `output` would scatter checkpoints
+    over two disks, so it is refused in one line before any run folder exists."""
+    exp = {"name": "local", "data": {"dataset": "digits"}, "model": {"name": "mlp", "width": 0.5},
+           "train": {"epochs": 1, "batch_size": 64, "precision": "fp32"}, "parallel": {"workers": [1, 2]},
+           "output": str(tmp_path / "runs")}
+    r = run_cli([sys.executable, "-m", "raytrain", "train", str(write_yaml(tmp_path / "e.yaml", exp))], timeout=240,
+                env=cluster.env, cwd=tmp_path)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-3000:]
+    line = f"output {tmp_path / 'runs'}: a local path on a multi-node cluster (each node has its own disk)"
+    assert any(ln.startswith(f"error: {line}") or ln.startswith(line) for ln in r.stderr.splitlines()), r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and not (tmp_path / "runs").exists()
+
+
+def test_a_node_drained_with_a_deadline_checkpoints_before_it(cluster, node2, tmp_path, starts_ray):
+    """`ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION --deadline-remaining-seconds 20` on the second node
+    (epoch checkpoints only, so the one step checkpoint is the notice's): the group checkpoints at the notice,
+    before the deadline; the test kills the node at the deadline (as the cloud would), and the run resumes from the
+    notice's checkpoint (or a later one) with the worker left: it loses at most the steps since the notice."""
+    run = Run(cluster, tmp_path, "drain", pace=0.3, notice_every_steps=1)
+    rows = run.trained("2 workers training", lambda rs: any(r["world"] == 2 and r["step"] >= 3 for r in rs))
+    node_id = _first(rows, node="node2")["node_id"]
+    deadline_s = 20
+    drained = subprocess.run([str(Path(sys.executable).parent / "ray"), "drain-node", f"--address={cluster.address}",
+                              f"--node-id={node_id}", "--reason=DRAIN_NODE_REASON_PREEMPTION",
+                              "--reason-message=spot reclaim (test)", f"--deadline-remaining-seconds={deadline_s}"],
+                             env=cluster.env, capture_output=True, text=True, timeout=120)
+    deadline = time.time() + deadline_s
+    assert drained.returncode == 0, drained.stdout + drained.stderr
+    noticed = wait_for("the notice's step checkpoint", run.step_checkpoints, deadline - time.time(), every=0.3)
+    written_at = time.time()
+    time.sleep(max(0.0, deadline - time.time()))
+    node2.kill()  # at the deadline: the reclaim
+    after = run.trained("the worker left training", lambda rs: any(r["world"] == 1 for r in rs))
+    summary = run.finish()
+    assert summary["status"] == "completed", summary
+    epoch, step = noticed[0]
+    trained = run.steps()
+    resumed = _first(trained, world=1)
+    lost = [r for r in trained if r["world"] == 2 and r["rank"] == 0 and (r["epoch"], r["step"]) > (epoch, step)
+            and r["t"] < resumed["t"]]
+    print(f"\n[figures] drain: notice checkpoint at epoch {epoch + 1} step {step}, {deadline - written_at:.1f} s before "
+          f"the deadline; resumed at epoch {resumed['epoch'] + 1} step {resumed['step']}; {len(lost)} step(s) trained "
+          f"after the notice were lost")
+    assert written_at < deadline
+    assert (resumed["epoch"], resumed["step"]) >= (epoch, step + 1)  # at most the steps since the notice lost
+    assert {r["node"] for r in trained if r["t"] > resumed["t"]} == {"head"}, after[-1]
+    assert [r["epoch"] for r in _epoch_rows(summary)] == [1, 2, 3]
+
+
+def test_a_node_killed_mid_epoch_then_back_shrinks_and_grows_the_group(cluster, node2, tmp_path, starts_ray):
+    """The second node's raylet (and all it started) SIGKILLed mid-epoch 1: the group restarts with the worker
+    left, at the step after the newest step checkpoint (at most `every_steps` redone); a node started again joins
+    at the next resize check and the group grows back to 2; the run completes, each epoch logged once."""
+    run = Run(cluster, tmp_path, "kill", pace=0.3, every_steps=EVERY)
+    run.trained("2 workers past step 7", lambda rs: any(r["world"] == 2 and r["step"] >= 7 for r in rs))
+    node2.kill()
+    killed_at = time.time()
+    run.trained("the worker left training", lambda rs: any(r["world"] == 1 for r in rs))
+    run.set_pace(1.0)  # the one worker goes on slowly until the group has grown back
+    back = Node(cluster.address, cluster.env, tmp_path, "node3").started()
+    try:
+        run.trained("the group grown back onto the new node", lambda rs: any(r["node"] == "node3" for r in rs))
+        summary = run.finish()
+    finally:
+        back.kill()
+    assert summary["status"] == "completed", summary
+    rows = run.steps()
+    before = [r for r in rows if r["world"] == 2 and r["t"] < killed_at]
+    last = max((r["epoch"], r["step"]) for r in before)
+    shrunk = _first(rows, world=1)
+    resumed = (shrunk["epoch"], shrunk["step"] - 1)  # the checkpoint it resumed from
+    grown = _first(rows, node="node3")
+    print(f"\n[figures] kill: last step trained {last}, resumed with 1 worker after step {resumed} "
+          f"({last[1] - resumed[1] if last[0] == resumed[0] else 'epoch'} step(s) redone), "
+          f"{shrunk['t'] - killed_at:.0f} s after the kill; grown back to 2 at epoch {grown['epoch'] + 1} step "
+          f"{grown['step']}")
+    assert resumed in run.step_checkpoints() and resumed <= last  # the newest step checkpoint, not an epoch's
+    assert resumed[0] == last[0] and last[1] - resumed[1] <= EVERY  # at most one checkpoint interval redone
+    assert grown["world"] == 2 and grown["t"] > shrunk["t"]
+    assert (grown["epoch"], grown["step"] - 1) in run.step_checkpoints() + [(e, 0) for e in range(3)]
+    assert [r["epoch"] for r in _epoch_rows(summary)] == [1, 2, 3]  # every epoch once, whatever was redone
+
+
+def _epoch_rows(summary: dict) -> list[dict]:
+    from helpers import metric_rows
+
+    return metric_rows(summary["run_dir"])
