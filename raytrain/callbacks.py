@@ -7,7 +7,10 @@ The order of an epoch:
 
     on_epoch_start -> steps (on_step_end after each) -> evaluation -> on_epoch_end (may stop, may add
     metrics) -> checkpoint encoded -> [final: on_fit_end] -> report written -> on_report (with the
-    checkpoint's URI where the host knows it)
+    checkpoint's URI where the host knows it); on any error ending the loop: on_exception
+
+In a search trial Tune may end the trial inside a report (ASHA stopping it, or its last epoch): no
+on_report follows that one, only on_exception with SystemExit.
 
 A callback's `state_dict()` is saved in every checkpoint under its `name` and handed back to
 `load_state_dict` on resume, so a callback with memory (early stopping's best, a search's rung clock)
@@ -103,6 +106,10 @@ class Callback:
     def on_report(self, ctx: LoopContext, record, checkpoint: Optional[str]) -> None:
         """After the epoch's row (and its checkpoint, `checkpoint` being its URI where known) is written."""
 
+    def on_exception(self, ctx: LoopContext, error: BaseException) -> None:
+        """The loop is ending with `error` (a crash, an interrupt, or Tune ending a trial with SystemExit):
+        close what you opened. An error raised here is logged, never hides `error`."""
+
     def state_dict(self) -> dict:
         return {}
 
@@ -133,6 +140,13 @@ class Callbacks:
             except Exception as e:
                 text = str(e).strip().splitlines()[-1] if str(e).strip() else ""
                 raise CallbackError(f"callback {cb.name}.{event} failed: {type(e).__name__}: {text}"[:400]) from e
+
+    def on_exception(self, ctx: LoopContext, error: BaseException) -> None:
+        for cb in self.items:
+            try:
+                cb.on_exception(ctx, error)
+            except Exception as e:
+                log.warning(f"callback {cb.name}.on_exception failed: {type(e).__name__}: {e}")
 
     def state_dict(self) -> dict:
         return {cb.name: cb.state_dict() for cb in self.items}

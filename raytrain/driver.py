@@ -25,7 +25,7 @@ from raytrain import checkpoint as ckpt
 from raytrain.data import prepare as data_mod
 from raytrain import loop, recovery, runtime, storage
 from raytrain.config import Experiment
-from raytrain.callbacks import Callback, from_names
+from raytrain.callbacks import Callback, CallbackError, from_names
 from raytrain.configio import to_yaml
 from raytrain.data.ingest import Ingest, build, from_user, steps_per_epoch
 from raytrain.errors import Interrupted, UserError
@@ -267,6 +267,8 @@ def _train_here(exp, plan, ingest, run_dir, factory, marks, on_ray=True,
                 return {}, None, None
             except (UserError, KeyboardInterrupt, Interrupted):
                 raise
+            except CallbackError as e:  # the callback would fail again: not restarted
+                return {}, None, f"CallbackError: {e}"[:300]
             except Exception as e:
                 failures += 1
                 reason = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"[:300]

@@ -116,11 +116,15 @@ class Loop:
         return EvalSums(**collectives.reduce_sums(self.mode.evaluate(split).as_dict()))
 
     def run(self) -> None:
-        self.cbs.call("on_fit_start", self.ctx)
-        for epoch in range(self.state.epoch + 1, self.exp.train.epochs):
-            record = self.epoch(epoch)
-            if record is None or record.final:
-                return
+        try:
+            self.cbs.call("on_fit_start", self.ctx)
+            for epoch in range(self.state.epoch + 1, self.exp.train.epochs):
+                record = self.epoch(epoch)
+                if record is None or record.final:
+                    return
+        except BaseException as e:
+            self.cbs.on_exception(self.ctx, e)
+            raise
 
     def on_step(self, epoch: int, carried: TrainSums, carried_s: float) -> Callable:
         every = self.exp.checkpoint.every_steps if self.plan.mode != "trial" else None
