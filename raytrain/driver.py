@@ -69,7 +69,8 @@ def warm_up() -> None:
 def check_model_fits(exp: Experiment, info: data_mod.DataInfo, factory: Optional[Callable] = None) -> None:
     from_names(exp.callbacks)  # the YAML's callbacks import and construct, before anything is created
     if info.n_train < exp.parallel.max_workers:
-        raise UserError(f"parallel.workers {exp.parallel.workers}: more workers than training examples ({info.n_train})")
+        raise UserError(f"parallel.workers {workers_text(exp.parallel)}: more workers than training examples "
+                        f"({info.n_train})")
     m = exp.model
     model = check_model(m.name, info.in_shape, info.num_classes, m.width, m.dropout, factory=factory, kwargs=m.kwargs)
     if exp.pruning.method != "none":
@@ -116,7 +117,8 @@ def check_resources(exp: Experiment, local: bool, info: data_mod.DataInfo, on_ra
         runtime.check_fits_here(par.bundle())
         return
     # an elastic group starts once its minimum fits
-    runtime.check_fits(par.min_workers, par.bundle(), exp.data.stream_cpus if info.ingest == "stream" else 0.0)
+    runtime.check_fits(par.min_workers, par.bundle(), exp.data.stream_cpus if info.ingest == "stream" else 0.0,
+                       most=par.max_workers)
     if not local:
         runtime.check_shared_output(exp.output, exp.output_shared)
 

@@ -89,7 +89,7 @@ class TrainHost(Host):
         if info is None:
             return None
         left = f", {max(info.deadline_ms / 1000 - time.time(), 0):.0f} s before its deadline" if info.deadline_ms else ""
-        return f"node {', '.join(n[:8] for n in info.preempted_node_ids())} drained{left}"
+        return f"node {', '.join(n[:8] for n in info.preempted_node_ids)} drained{left}"
 
     def registered(self) -> Optional[Location]:
         """Ray Train's latest registered checkpoint, as a folder of this run's checkpoint storage (so its URI

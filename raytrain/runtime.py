@@ -233,23 +233,33 @@ def needed(workers: int, bundle: dict[str, float], extra_cpus: float = 0.0) -> d
     return {k: v * workers + (extra_cpus if k == "CPU" else 0.0) for k, v in bundle.items()}
 
 
-def check_fits(workers: int, bundle: dict[str, float], extra_cpus: float = 0.0, keys: dict | None = None) -> None:
+def check_fits(workers: int, bundle: dict[str, float], extra_cpus: float = 0.0, keys: dict | None = None,
+               most: Optional[int] = None) -> None:
     """Refuse (UserError) `workers` x `bundle` (plus `extra_cpus` for Ray Data) when the cluster can never
-    hold them, instead of letting Ray wait for it."""
+    hold them, instead of letting Ray wait for it. An elastic group (`workers` its minimum, `most` its maximum)
+    needs only its minimum; a cluster that holds fewer than `most` now is said in one line (it grows as nodes join)."""
     if autoscaling_allowed():
         return
     keys = keys or KEYS
     nodes = alive_nodes()
     total = {k: sum(n["Resources"].get(k, 0.0) for n in nodes) for k in bundle}
+    least = " (the minimum of parallel.workers)" if most and most > workers else ""
     for key, need in needed(workers, bundle, extra_cpus).items():
         per_worker = bundle[key]
         if total[key] < need - 1e-9:
             what = keys.get(key, key)
             more = f" + {extra_cpus:g} for Ray Data (data.stream_cpus)" if key == "CPU" and extra_cpus else ""
-            raise UserError(f"{what}: {workers} worker(s) need {per_worker * workers:g} {key}{more} but the cluster has "
-                            f"{total[key]:g} (set RAYTRAIN_AUTOSCALING=1 if it autoscales)")
+            raise UserError(f"{what}: {workers} worker(s){least} need {per_worker * workers:g} {key}{more} but the "
+                            f"cluster has {total[key]:g} (set RAYTRAIN_AUTOSCALING=1 if it autoscales)")
     if not any(all(n["Resources"].get(k, 0.0) >= v for k, v in bundle.items()) for n in nodes):
         raise UserError(f"parallel: no single node has {bundle} for one worker")
+    if least:
+        extra = {k: extra_cpus if k == "CPU" else 0.0 for k in bundle}
+        now = min(int((total[k] - extra[k]) / v + 1e-9) for k, v in bundle.items() if v > 0)
+        if now < most:
+            logging.getLogger("raytrain").info(
+                f"parallel.workers [{workers}, {most}]: the cluster holds {now} worker(s) now; the group starts with "
+                f"what fits and grows as nodes join (every parallel.resize_check_s)")
 
 
 def check_fits_here(bundle: dict[str, float]) -> None:

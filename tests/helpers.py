@@ -122,16 +122,16 @@ def armed(*arms: str):
             p.unlink(missing_ok=True)
 
 
-# A search of 2 trials, one at a time; the second (digits upscaled 8x) runs several times longer than the
-# first (2x), so a driver killed once the first is seen finished in storage still has the second to resume
-# (tests/test_storage.py).
+# A search of 2 trials, one at a time; the second holds at its 60th step (mid-epoch 3 on digits at batch 64) while
+# the file its model.kwargs.arm names exists (tests/usermodels.py hold_at), so a driver killed once the first is
+# seen finished in storage still has the second to resume (tests/test_storage.py).
 RESUME_SEARCH = {
-    "name": "r", "seed": 0, "data": {"dataset": "digits", "upscale": 4}, "model": {"name": "mlp", "width": 4.0},
+    "name": "r", "seed": 0, "data": {"dataset": "digits"}, "model": {"name": "usermodels:hold_at"},
     "train": {"batch_size": 64, "precision": "fp32", "optimizer": {"name": "sgd", "lr": 0.05}},
-    "search": {"samples": 1, "space": {"data.upscale": {"grid": [2, 8]}},
-               "asha": {"max_t": 6, "grace_period": 6, "reduction_factor": 2, "rung_accuracy": 0.3},
+    "search": {"samples": 1, "space": {"model.kwargs.step": {"grid": [0, 60]}},
+               "asha": {"max_t": 4, "grace_period": 4, "reduction_factor": 2, "rung_accuracy": 0.3},
                "max_concurrent": 1, "order": "listed", "trial": {"workers": 1},
-               # a target no trial reaches (all train 6 epochs), and a rung accuracy every trial reaches in its
+               # a target no trial reaches (all train 4 epochs), and a rung accuracy every trial reaches in its
                # first epoch: the seconds it took must survive a resume (RungClock, kept with the trial's checkpoints)
                "objective": {"time_to_target": 0.9999}},
 }

@@ -7,6 +7,7 @@ which cannot split the batch is refused in one line. (Real nodes lost, drained a
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,3 +140,25 @@ def test_a_range_that_cannot_split_the_global_batch_is_refused_in_one_line(exp_d
         make_exp(exp_dict, parallel__workers=[2, 4], train__batch_size=96, parallel__pipeline__stages=2)
     exp = make_exp(exp_dict, parallel__workers=[2, 2])  # a range of one size is that fixed size
     assert exp.parallel.workers == 2 and not exp.parallel.elastic
+
+
+def test_clusters_fit_understands_a_range(capsys, tmp_path):
+    """`raytrain clusters fit`: an elastic run fits once its minimum does, and says how far it grows."""
+    import yaml
+
+    from raytrain.cli import main
+
+    cluster = str(Path(__file__).resolve().parents[1] / "clusters" / "kuberay-job.yaml")  # 16 one-CPU slots
+
+    def fit(lo: int, hi: int, batch: int) -> tuple[int, str]:
+        spec = {"name": "e", "data": {"dataset": "digits"}, "train": {"batch_size": batch},
+                "parallel": {"workers": [lo, hi], "cpus_per_worker": 1}}
+        (tmp_path / "e.yaml").write_text(yaml.safe_dump(spec))
+        rc = main(["clusters", "fit", str(tmp_path / "e.yaml"), cluster])
+        return rc, capsys.readouterr().out
+
+    rc, out = fit(16, 18, 2448)
+    assert rc == 0 and "the run needs 16 to 18 (elastic) worker(s) x {CPU 1}" in out
+    assert "the run starts once 16 fit and grows to 16 of 18 (parallel.workers max 18 never fits)" in out
+    rc, out = fit(17, 18, 306)
+    assert rc == 2 and "does not fit: at least 17 worker(s) (parallel.workers min) per run but the cluster holds 16" in out

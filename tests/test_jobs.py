@@ -75,7 +75,7 @@ def test_three_concurrent_search_jobs_do_not_interfere(job_head, tmp_path):
                 "train": {"batch_size": 64, "precision": "fp32", "optimizer": {"name": "sgd", "lr": 0.05}},
                 "output": str(tmp_path / "runs"),
                 "search": {"samples": 1, "space": {"train.optimizer.lr": {"grid": [0.03, 0.1]}}, "max_concurrent": 1,
-                           "asha": {"max_t": 2, "grace_period": 2}, "trial": {"workers": 1}}}
+                           "asha": {"max_t": 1, "grace_period": 1}, "trial": {"workers": 1}}}
         path = tmp_path / f"load{k}.yaml"
         path.write_text(yaml.safe_dump(spec))
         jobs[k] = client.submit_job(entrypoint=f"python -m raytrain search {path}", entrypoint_num_cpus=0,

@@ -1,5 +1,5 @@
-"""Pipeline training through Ray Train on a real local Ray: stage checkpoints -> resume -> export,
-a failing stage ends the run (no hang), and bad pipeline settings are refused before anything starts."""
+"""Pipeline training through Ray Train on a real local Ray: a failing stage ends the run (no hang), then stage
+checkpoints -> resume -> export, and bad pipeline settings are refused before anything starts."""
 
 from __future__ import annotations
 
@@ -37,16 +37,25 @@ def _accuracy(model: torch.nn.Module, exp) -> float:
         return int((model.eval()(x).argmax(1) == y).sum()) / len(y)
 
 
-def test_stage_checkpoints_resume_and_export(ray_local, exp_dict, tmp_path, capsys):
-    first = driver.run(_exp(exp_dict, train__epochs=2))
-    assert first.status == "completed", first
+def test_failing_stage_ends_the_run_then_stage_checkpoints_resume_and_export(ray_local, exp_dict, tmp_path, capsys):
+    """A stage that raises mid-epoch 3, with parallel.max_failures 0, fails the run (no hang) naming the stage and
+    the error; the run's two checkpoints hold one shard per stage. One stage's shard of the newest torn: export
+    falls back to the previous checkpoint, and on resume both stages agree on that one (epoch 2 redone by every
+    stage, not by one of them), then go on. The export is an ordinary, unsplit state_dict."""
+    arm = tmp_path / "boom"
+    arm.touch()
+    # block "3" (the last stage's first, cut there) raises on its 240th micro-batch (mid-epoch 3) while `arm` exists
+    failing = {"model__name": "usermodels:failing_last_stage", "model__kwargs": {"after": 240, "arm": str(arm)},
+               "parallel__pipeline__split": ["3"], "parallel__max_failures": 0}
+    first = driver.run(_exp(exp_dict, train__epochs=3, **failing))
+    assert first.status == "failed" and not arm.exists(), first
+    assert "pipeline stage 1: RuntimeError: planted stage failure" in first.error
     run_dir = Path(first.run_dir)
+    assert [json.loads(r)["epoch"] for r in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     files = sorted(p.name for p in Path(first.checkpoint).iterdir())
     assert [f for f in files if f.endswith(".pt")] == ["stage_0.pt", "stage_1.pt"]  # one shard per stage
     assert [f for f in files if f.endswith(".sha256")] == ["stage_0.pt.sha256", "stage_1.pt.sha256"]
 
-    # One stage's shard of the newest checkpoint torn: export falls back to the previous checkpoint, and on
-    # resume both stages agree on that one (epoch 2 redone by every stage, not by one of them), then go on.
     newest = Path(first.checkpoint)
     previous = sorted(p for p in newest.parent.glob("checkpoint_*") if p.is_dir() and p.name < newest.name)[-1]
     (newest / "stage_1.pt").write_bytes(b"\x00torn")
@@ -54,7 +63,7 @@ def test_stage_checkpoints_resume_and_export(ray_local, exp_dict, tmp_path, caps
     with pytest.warns(UserWarning, match="stage_1.pt: checksum mismatch"):
         assert main(["export", str(run_dir), "--out", str(tmp_path / "previous.pt")]) == 0
     assert f"from {previous}" in capsys.readouterr().out
-    second = driver.run(_exp(exp_dict, train__epochs=3), resume=run_dir)
+    second = driver.run(_exp(exp_dict, train__epochs=3, **failing), resume=run_dir)
     assert second.status == "completed", second
     rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 2, 3]  # resumed after epoch 1, not from scratch
@@ -64,18 +73,11 @@ def test_stage_checkpoints_resume_and_export(ray_local, exp_dict, tmp_path, caps
 
     out = tmp_path / "model.pt"
     assert main(["export", str(run_dir), "--out", str(out)]) == 0
-    exp = _exp(exp_dict)
-    model = build_model(exp.model.name, (1, 8, 8), 10, exp.model.width)
+    exp = _exp(exp_dict, **failing)
+    model = build_model(exp.model.name, (1, 8, 8), 10, exp.model.width, kwargs=exp.model.kwargs)
     model.load_state_dict(torch.load(out, weights_only=True))  # an ordinary, unsplit state_dict
     assert _accuracy(model, exp) == pytest.approx(final["val_accuracy"], abs=1e-9)
     assert main(["export", str(run_dir), "--out", str(out)]) == 2  # never overwrites
-
-
-def test_failing_stage_fails_the_run_not_hangs(ray_local, exp_dict):
-    s = driver.run(_exp(exp_dict, model__name="usermodels:failing_last_stage", parallel__max_failures=0,
-                         parallel__pipeline__split=["3"]))
-    assert s.status == "failed"
-    assert "pipeline stage 1: RuntimeError: planted stage failure" in s.error
 
 
 @pytest.mark.parametrize("patch,msg", [

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from helpers import make_exp, metric_rows, run_cli, write_yaml
-from raytrain.data.memory import Arrays, InMemory
+from raytrain.data.memory import Arrays, InMemory, epoch_order
 
 
 def _digits_parquet(path: Path, order: str, rows: slice, row_group_size: int = 2048) -> Path:
@@ -56,6 +56,12 @@ def test_every_epoch_is_a_fresh_permutation_of_the_whole_split_cut_per_rank():
     again = torch.cat([b["x"][:, 0] for r in range(world) for b in mem.train(batch, seed=3, epoch=1, rank=r, world=world)])
     assert torch.equal(again, orders[1])  # the same seed and epoch, the same order (what resume relies on)
     assert torch.equal(torch.cat([b["x"][:, 0] for b in mem.in_order(10)]), torch.arange(n))  # evaluation: all, once
+    # the rule: global step g trains the permutation's g-th global batch (batch x world examples), rank r taking
+    # its r-th equal part, so a step means the same examples at any world size (elastic groups resume across sizes)
+    order = epoch_order(n, 3, 1, torch.device("cpu"))[:n - n % world]
+    steps = [[b["x"][:, 0] for b in mem.train(batch, seed=3, epoch=1, rank=r, world=world)] for r in range(world)]
+    for g, parts in enumerate(zip(*steps)):
+        assert torch.equal(torch.cat(parts), order[g * batch * world:(g + 1) * batch * world]), g
 
 
 def test_sorted_data_trains_like_shuffled_data_with_no_ray(tmp_path):

@@ -226,8 +226,12 @@ def test_a_run_reports_test_accuracy_once_and_names_its_splits(digits, tmp_path,
 
 
 def test_ingest_cuts_the_test_split_per_rank_like_validation(ray_local, digits, tmp_path, exp_dict):
-    """Two ranks: the test file in two equal consecutive parts (`test_0`, `test_1`), materialised; streamed, one
-    "test" dataset that Ray Train splits across ranks like "val"."""
+    """Two ranks: materialised, every rank gets the whole test file and keeps its consecutive part for the group's
+    world size when it starts (an elastic group's varies), every row read once; streamed, one "test" dataset that
+    Ray Train splits across ranks like "val"."""
+    import torch
+
+    from raytrain.data.batches import Batches
     from raytrain.data.ingest import build
 
     x, y = digits
@@ -236,9 +240,10 @@ def test_ingest_cuts_the_test_split_per_rank_like_validation(ray_local, digits, 
     exp = make_exp(exp_dict, data=_cfg(data, test).model_dump(mode="json"), parallel__workers=2)
     info = prepare(exp.data, exp.seed, tmp_path / "c")
     ingest = build(exp, info)
-    assert ingest.shards["test"] == ["test_0", "test_1"] and ingest.shards["val"] == ["val_0", "val_1"]
-    parts = [ingest.datasets[name].to_pandas()["y"].tolist() for name in ingest.shards["test"]]
-    assert parts == [y[400:450].tolist(), y[450:500].tolist()]  # 101 rows: the remainder left out, as for val
+    assert ingest.shards["test"] == ["test", "test"] and ingest.shards["val"] == ["val", "val"] and not ingest.split
+    parts = [[int(v) for b in Batches(exp, info, {s: ingest.datasets[s] for s in ingest.shards}, rank, 2,
+                                      torch.device("cpu")).eval("test") for v in b["y"]] for rank in (0, 1)]
+    assert parts == [y[400:450].tolist(), y[450:501].tolist()]  # 101 rows: all of them, once
     val = _parquet(x[501:600], y[501:600], tmp_path / "v.parquet")
     stream = make_exp(exp_dict, data=_cfg(data, test, ingest="stream", val_path=str(val)).model_dump(mode="json"),
                       parallel__workers=2)
@@ -253,6 +258,6 @@ def test_ingest_cuts_the_test_split_per_rank_like_validation(ray_local, digits, 
     given = {k: ray.data.read_parquet(str(p)) for k, p in (("train", data), ("val", val), ("test", test))}
     info, ingest, _ = from_user(given, exp, exp.seed)  # the Python API's own Ray Datasets
     assert (info.n_test, info.test_source) == (101, "datasets['test'] (101)")
-    assert ingest.shards["test"] == ["test_0", "test_1"]
+    assert ingest.shards["test"] == ["test", "test"] and ingest.datasets["test"].count() == 101
     with pytest.raises(UserError, match="datasets: unknown entry 'tests'; give 'train', 'val' and optionally 'test'"):
         from_user({**given, "tests": given["test"]}, exp, exp.seed)

@@ -23,56 +23,36 @@ def wrong_output(in_shape, num_classes):
     return nn.Sequential(nn.Flatten(), nn.LazyLinear(3))
 
 
-CRASH_ARM = "/tmp/raytrain-test-crash-once"  # exists = armed; the first process to unlink it dies
-
-
-def crash_once(in_shape, num_classes):
-    """`tiny` (same init for the same seed), whose worker process is SIGKILLed on its 30th training step
-    (mid-epoch 2 on digits at batch 64) while armed."""
-    import os
-    import signal
-
-    model = tiny(in_shape, num_classes)
-    calls = {"n": 0}
-
-    def hook(module, args):
-        if module.training:
-            calls["n"] += 1
-            if calls["n"] == 30:
-                try:
-                    os.unlink(CRASH_ARM)
-                except FileNotFoundError:
-                    return
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    model.register_forward_pre_hook(hook)
-    return model
-
-
 class _Boom(nn.Module):
-    """Identity until its `after`-th training forward, then raises (a planted stage failure)."""
+    """Identity until its `after`-th training forward, then raises (a planted stage failure); if `arm` names a
+    file, only while it exists (the first process to remove it raises)."""
 
-    def __init__(self, after: int):
+    def __init__(self, after: int, arm: str = ""):
         super().__init__()
-        self.after, self.calls = after, 0
+        self.after, self.arm, self.calls = after, arm, 0
 
     def forward(self, x):
         if self.training:
             self.calls += 1
             if self.calls == self.after:
+                if self.arm:
+                    import os
+
+                    try:
+                        os.unlink(self.arm)
+                    except FileNotFoundError:
+                        return x
                 raise RuntimeError("planted stage failure")
         return x
 
 
-def failing_last_stage(in_shape, num_classes):
-    """An mlp whose block "3" (cut there with split: ["3"], the last stage) fails on its 5th micro-batch."""
+def failing_last_stage(in_shape, num_classes, after: int = 5, arm: str = ""):
+    """An mlp whose block "3" (cut there with split: ["3"], the last stage) fails on its `after`-th micro-batch
+    (see _Boom for `arm`)."""
     n = 1
     for s in in_shape:
         n *= s
-    return nn.Sequential(nn.Flatten(), nn.Linear(n, 32), nn.ReLU(), _Boom(5), nn.Linear(32, num_classes))
-
-
-PID_FILE = "/tmp/raytrain-test-big-state.pid"  # the process that built `big_state` last
+    return nn.Sequential(nn.Flatten(), nn.Linear(n, 32), nn.ReLU(), _Boom(after, arm), nn.Linear(32, num_classes))
 
 
 class _Ballast(nn.Module):
@@ -87,13 +67,16 @@ class _Ballast(nn.Module):
         return self.net(x)
 
 
-def big_state(in_shape, num_classes):
-    """A model whose checkpoint is ~400 MB; records the PID of the process that trains it."""
+def big_state(in_shape, num_classes, pid_file: str = "", arm: str = ""):
+    """A model whose checkpoint is ~400 MB; writes the PID of the process that trains it to `pid_file`; raises a
+    RuntimeError on its 30th training step (mid-epoch 2 on digits at batch 64) if it is the first to remove the
+    file `arm`. Trains as `tiny` does (the same init for the same seed: the buffer draws no random numbers)."""
     import os
 
-    with open(PID_FILE, "w") as f:
-        f.write(str(os.getpid()))
-    return _Ballast(in_shape, num_classes, 100_000_000)
+    if pid_file:
+        with open(pid_file, "w") as f:
+            f.write(str(os.getpid()))
+    return _fault_at(_Ballast(in_shape, num_classes, 100_000_000), 30, arm, _planted_error)
 
 
 class _SmallConvNet(nn.Module):
@@ -177,15 +160,11 @@ def raise_once(in_shape, num_classes):
     return _fault_at(tiny(in_shape, num_classes), 30, RAISE_ARM, _planted_error)
 
 
-DDP_KILL_ARM, DDP_RAISE_ARM = "/tmp/raytrain-test-ddp-kill", "/tmp/raytrain-test-ddp-raise"
-
-
-def ddp_faults(in_shape, num_classes):
+def ddp_faults(in_shape, num_classes, arm: str = ""):
     """`tiny` for two DDP workers on digits at batch 64 (26 steps a worker an epoch): one worker SIGKILLed on
-    its 36th step (mid-epoch 2); in the group restarted at epoch 2, one worker raises on its 40th (mid-epoch 3).
-    The first group never gets that far: its other worker waits on the dead one in step 36's all-reduce."""
-    model = _fault_at(tiny(in_shape, num_classes), 36, DDP_KILL_ARM, _sigkill)
-    return _fault_at(model, 40, DDP_RAISE_ARM, _planted_error)
+    its 36th step (mid-epoch 2) if it is the first to remove the file `arm`, while the other waits on it in that
+    step's all-reduce."""
+    return _fault_at(tiny(in_shape, num_classes), 36, arm, _sigkill)
 
 
 def kill_at(in_shape, num_classes):
@@ -200,6 +179,27 @@ def kill_at(in_shape, num_classes):
 def timm_style(num_classes=1000, in_chans=3, width=8):
     """A constructor naming in_chans= (timm style): raytrain passes the data's channels."""
     return _SmallConvNet(num_classes, in_chans, width)
+
+
+def hold_at(in_shape, num_classes, step: int = 0, arm: str = ""):
+    """`tiny`, whose process, at its `step`-th training step (0: never) while the file `arm` exists, creates
+    `arm`.held and waits (up to 300 s) until `arm` is gone: a run held mid-epoch, e.g. to kill its driver there."""
+    import os
+    import time
+
+    model, calls = tiny(in_shape, num_classes), {"n": 0}
+
+    def hook(module, args):
+        if module.training:
+            calls["n"] += 1
+            if calls["n"] == step and os.path.exists(arm):
+                open(arm + ".held", "w").close()
+                deadline = time.monotonic() + 300
+                while os.path.exists(arm) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+
+    model.register_forward_pre_hook(hook)
+    return model
 
 
 HOLD_ARM = "/tmp/raytrain-test-hold-seed"  # exists = armed: training under seed HOLD_SEED waits while it does

@@ -2,7 +2,8 @@
 
 A worker is a bundle {CPU, GPU, custom pool resources}; a node pool holds floor(have / need) of them
 per node, times its maximum node count. Train packs a trial's workers onto as few nodes as it can but
-may spread them, so trials at once = worker slots at max scale // workers per trial.
+may spread them, so trials at once = worker slots at max scale // workers per trial. An elastic run
+(`parallel.workers: [min, max]`) fits once `min` workers do, and says how far it can grow.
 """
 
 from __future__ import annotations
@@ -57,8 +58,9 @@ def kuberay_pools(doc: dict) -> list[Pool]:
     return pools
 
 
-def _need(workers_spec: str) -> tuple[int, dict[str, float], int, str]:
-    """(workers per run, resources per worker, runs wanted, label) for an experiment or a search spec."""
+def _need(workers_spec: str) -> tuple[tuple[int, int], dict[str, float], int, str]:
+    """((fewest, most) workers per run, resources per worker, runs wanted, label) for an experiment or a search
+    spec (a run's range is its `parallel.workers: [min, max]`; a trial's is its fixed count)."""
     from raytrain.configio import load_experiment
 
     path = Path(workers_spec)
@@ -68,9 +70,9 @@ def _need(workers_spec: str) -> tuple[int, dict[str, float], int, str]:
 
         spec = load_spec(path, [])
         t = spec.search.trial
-        return t.workers, t.bundle(), spec.n_trials(), f"each of {spec.n_trials()} trials"
+        return (t.workers, t.workers), t.bundle(), spec.n_trials(), f"each of {spec.n_trials()} trials"
     p = load_experiment(path).parallel
-    return p.workers, p.bundle(), 1, "the run"
+    return (p.min_workers, p.max_workers), p.bundle(), 1, "the run"
 
 
 def per_node(pool: Pool, need: dict[str, float]) -> tuple[int, Optional[str]]:
@@ -87,14 +89,15 @@ def per_node(pool: Pool, need: dict[str, float]) -> tuple[int, Optional[str]]:
 
 
 def fit(spec_path: Path, cluster_path: Path) -> tuple[bool, list[str]]:
-    workers, need, runs, label = _need(spec_path)
+    (workers, most), need, runs, label = _need(spec_path)
     doc = load(cluster_path)
     kind = kind_of(doc)
     if kind == "unknown":
         raise UserError(f"{cluster_path}: neither a cluster-launcher config nor a KubeRay manifest")
     pools = launcher_pools(doc) if kind == "launcher" else kuberay_pools(doc)
     bundle = ", ".join(f"{k} {v:g}" for k, v in need.items())
-    lines = [f"{spec_path}: {label} needs {workers} worker(s) x {{{bundle}}}"]
+    count = f"{workers} to {most} (elastic)" if most > workers else f"{workers}"
+    lines = [f"{spec_path}: {label} needs {count} worker(s) x {{{bundle}}}"]
     slots = 0
     for pool in pools:
         n, why = per_node(pool, need)
@@ -106,9 +109,15 @@ def fit(spec_path: Path, cluster_path: Path) -> tuple[bool, list[str]]:
     at_once = slots // workers
     if at_once == 0:
         biggest = max((per_node(p, need)[0] * p.max_nodes for p in pools), default=0)
-        lines.append(f"does not fit: {workers} worker(s) per run but the cluster holds {slots} at max scale "
+        least = f"at least {workers} worker(s) (parallel.workers min)" if most > workers else f"{workers} worker(s)"
+        lines.append(f"does not fit: {least} per run but the cluster holds {slots} at max scale "
                      f"(largest pool: {biggest}); lower parallel.workers or add a pool")
         return False, lines
+    if most > workers:  # one elastic run: it starts at `workers` and grows while slots are free
+        grown = min(most, slots)
+        lines.append(f"at max scale: {slots} worker slot(s) -> the run starts once {workers} fit and grows to "
+                     f"{grown} of {most}" + ("" if grown == most else f" (parallel.workers max {most} never fits)"))
+        return True, lines
     lines.append(f"at max scale: {slots} worker slot(s) -> {min(at_once, runs)} of {runs} run(s) at once"
                  + (f" ({at_once} would fit)" if at_once > runs else ""))
     return True, lines
