@@ -19,7 +19,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -rs -m "not multinode_wip"
 
-test-multinode: $(STAMP)  # issue 32's node kill / drain tests, work in progress
+test-multinode: $(STAMP)  # issue 32's node kill / drain tests on real Ray nodes (minutes each)
 	$(PY) -m pytest -q -rs -m multinode_wip tests/test_multinode.py
 
 test-fast: $(STAMP)  # everything that starts no Ray: the inner loop while editing

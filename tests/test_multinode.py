@@ -50,11 +50,12 @@ def node2(cluster, tmp_path):
 class Run:
     """`raytrain train` of an elastic [1, 2] DDP group on the cluster, its steps logged and paced."""
 
-    def __init__(self, cluster, tmp_path: Path, name: str, pace: float, epochs: int = 3, **checkpoint):
+    def __init__(self, cluster, tmp_path: Path, name: str, pace: float, epochs: int = 3, batch: int = 64,
+                 **checkpoint):
         self.log, self.pace, self.summary = tmp_path / "steps.jsonl", tmp_path / "pace", tmp_path / "s.json"
         self.set_pace(pace)
         exp = {"name": name, "seed": 0, "data": {"dataset": "digits"}, "model": {"name": "mlp", "width": 0.5},
-               "train": {"epochs": epochs, "batch_size": 64, "precision": "fp32", "optimizer": {"name": "sgd", "lr": 0.05}},
+               "train": {"epochs": epochs, "batch_size": batch, "precision": "fp32", "optimizer": {"name": "sgd", "lr": 0.05}},
                "parallel": {"workers": [1, 2], "cpus_per_worker": 1, "resize_check_s": 2, "max_failures": 3},
                "checkpoint": checkpoint, "output": f"s3://{cluster.bucket}/runs",
                "callbacks": [{"name": "multinode:StepLog", "args": {"path": str(self.log), "pace": str(self.pace)}}]}
@@ -114,6 +115,14 @@ class Run:
         assert self.proc.returncode == 0, self.tail()
         return json.loads(self.summary.read_text())
 
+    def deadline(self) -> float | None:
+        """The drain deadline (epoch seconds) in Ray Train's preemption notice, as its watcher logged it."""
+        import re
+
+        self.out.flush()
+        found = re.search(r"PreemptionWatcher: preemption detected.*deadline_ms=(\d+)", Path(self.out.name).read_text())
+        return int(found.group(1)) / 1000 if found else None
+
     def tail(self) -> str:
         self.out.flush()
         return Path(self.out.name).read_text()[-4000:]
@@ -148,20 +157,21 @@ def test_local_output_is_refused_on_two_real_nodes(cluster, node2, tmp_path, sta
 @pytest.mark.slow
 @pytest.mark.multinode_wip
 def test_a_node_drained_with_a_deadline_checkpoints_before_it(cluster, node2, tmp_path, starts_ray):
-    """`ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION --deadline-remaining-seconds 20` on the second node
+    """`ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION --deadline-remaining-seconds 30` on the second node
     (epoch checkpoints only, so the one step checkpoint is the notice's): the group checkpoints at the notice,
     before the deadline, and trains on; the test kills the node at the deadline (as the cloud would), and the run
     resumes from the notice's checkpoint with the worker left: it loses only the steps since the notice."""
-    with Run(cluster, tmp_path, "drain", pace=0.3, epochs=2, notice_every_steps=1) as run:
+    with Run(cluster, tmp_path, "drain", pace=0.3, epochs=2, batch=32, notice_every_steps=1) as run:
         rows = run.trained("2 workers in epoch 1", lambda rs: any(r["world"] == 2 and r["step"] >= 2 for r in rs))
         node_id = _first(rows, node="node2")["node_id"]
         run.set_pace(2.0)  # slowly from here, so no epoch ends (with its own checkpoint) before the deadline
-        deadline = time.time() + 20  # the drain's deadline is no earlier than this
         drained = subprocess.run([str(Path(sys.executable).parent / "ray"), "drain-node", f"--address={cluster.address}",
                                   f"--node-id={node_id}", "--reason=DRAIN_NODE_REASON_PREEMPTION",
-                                  "--reason-message=spot reclaim (test)", "--deadline-remaining-seconds=20"],
+                                  "--reason-message=spot reclaim (test)", "--deadline-remaining-seconds=30"],
                                  env=cluster.env, capture_output=True, text=True, timeout=60)
         assert drained.returncode == 0, drained.stdout + drained.stderr
+        # the deadline as Ray Train's drain watcher read it from the GCS (the CLI's own start-up took some of it)
+        deadline = wait_for("Ray Train's preemption notice", lambda: run.deadline(), 30)
         noticed = wait_for("the notice's step checkpoint", run.step_checkpoints, deadline - time.time(), every=0.3)
         written_at = time.time()
         time.sleep(max(0.0, deadline - time.time()))
