@@ -76,8 +76,8 @@ def test_sorted_data_trains_like_shuffled_data_with_no_ray(tmp_path):
         r = run_cli([sys.executable, "-m", "raytrain", "train", str(cfg), "--summary-json", str(out)], timeout=240)
         assert r.returncode == 0, r.stderr[-3000:]
         s = json.loads(out.read_text())
-        assert s.ray == "none" and s.mode == "in-process", s
-        acc[order] = s.final["val_accuracy"]
+        assert s["ray"] == "none" and s["mode"] == "in-process", s
+        acc[order] = s["final"]["val_accuracy"]
     assert acc["as-is"] > 0.8 and abs(acc["sorted"] - acc["as-is"]) <= 0.03, acc
 
 
