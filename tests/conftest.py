@@ -28,9 +28,27 @@ for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
 
 
 def pytest_collection_modifyitems(items):
+    """Marks Ray tests, and runs the modules that use this process's session Ray (`ray_local`) after all
+    others: once it is up, an in-process run joins it ("existing"), so the tests of the no-Ray path
+    (`driver.without_ray`) must come first to take that path at all. Modules stay whole (their fixtures too)."""
+    in_process_ray = set()
     for item in items:
-        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+        names = set(getattr(item, "fixturenames", ()))
+        if RAY_FIXTURES & names:
             item.add_marker(pytest.mark.ray)
+        if "ray_local" in names:
+            in_process_ray.add(item.module.__name__)
+    items.sort(key=lambda item: item.module.__name__ in in_process_ray)  # stable: order kept within each group
+
+
+@pytest.fixture
+def no_ray():
+    """For tests of the no-Ray path: fails (not skips) if this process already holds a Ray, which would send
+    the run down the "existing" path instead."""
+    import ray
+
+    assert not ray.is_initialized(), "a Ray is up in this process: the no-Ray path cannot be tested (test order?)"
+    yield
 
 
 @pytest.fixture(scope="session")

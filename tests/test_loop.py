@@ -65,7 +65,7 @@ def _train(exp_dict, callbacks=(), resume=None, **patch):
     return raytrain.train(make_exp(exp_dict, **patch), callbacks=list(callbacks), resume=resume)
 
 
-def test_events_come_in_order_and_records_carry_callback_metrics(exp_dict):
+def test_events_come_in_order_and_records_carry_callback_metrics(exp_dict, no_ray):
     rec = Recorder()
     r = _train(exp_dict, [rec], train__epochs=2)
     assert r.summary["ray"] == "none"  # the production path with no Ray

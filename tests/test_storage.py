@@ -217,7 +217,8 @@ def test_search_on_s3_killed_and_resumed_keeps_finished_trials_then_reports(ray_
                             env={**env, **SNAPSHOT_EVERY_SECOND})
 
     def snapshot() -> dict:
-        """trial id -> (storage path, status), as Tune's latest state snapshot in S3 holds them."""
+        """trial id -> (storage path, status, whether it has a checkpoint), as Tune's latest state snapshot in S3
+        holds them."""
         from ray.tune import ExperimentAnalysis
 
         states = [k for k in _keys(bucket) if "/tune/experiment_state-" in k]
@@ -228,7 +229,7 @@ def test_search_on_s3_killed_and_resumed_keeps_finished_trials_then_reports(ray_
             trials = ExperimentAnalysis(tune_dir, storage_filesystem=fs).trials
         except Exception:  # the snapshot is being replaced: look again
             return {}
-        return {t.trial_id: (t.path.split("/", 1)[1], t.status) for t in trials}
+        return {t.trial_id: (t.path.split("/", 1)[1], t.status, t.checkpoint is not None) for t in trials}
 
     def results(trial: str) -> list[dict]:
         """Tune's result.json of a trial, as stored in S3 now."""
@@ -238,14 +239,14 @@ def test_search_on_s3_killed_and_resumed_keeps_finished_trials_then_reports(ray_
         return [json.loads(line) for line in body.splitlines() if line.strip()]
 
     def finished() -> list[str]:
-        """The trials finished in the snapshot, once another one is held and has 2 results in S3: its epoch-1
-        checkpoint is then in a snapshot too (uploads follow the snapshot they were taken with), so it resumes
-        from it."""
+        """The trials finished in the snapshot, once another one is held, has 2 results in S3 and a checkpoint in
+        that snapshot: the resume continues it from there (Tune may snapshot less often than it syncs results)."""
         if not Path(f"{arm}.held").exists():
             return []
         trials = snapshot().values()
-        done = [path for path, status in trials if status == "TERMINATED"]
-        started = [path for path, status in trials if status != "TERMINATED" and len(results(path)) >= 2]
+        done = [path for path, status, _ in trials if status == "TERMINATED"]
+        started = [path for path, status, saved in trials
+                   if status != "TERMINATED" and saved and len(results(path)) >= 2]
         return done if done and started else []
 
     def trained(trial: str) -> tuple:
@@ -272,7 +273,7 @@ def test_search_on_s3_killed_and_resumed_keeps_finished_trials_then_reports(ray_
     assert all(r["epochs"] == 4 for r in summary["trials"]), summary["trials"]
     for trial, was in before.items():  # finished before the kill: not one checkpoint or result more
         assert trained(trial) == was, trial
-    for path, _ in trials.values():  # the interrupted one went on from its checkpoint, not from epoch 1
+    for path, *_ in trials.values():  # the interrupted one went on from its checkpoint, not from epoch 1
         rows = [r for r in results(path) if "epoch" in r]
         epochs = [r["epoch"] for r in rows]
         assert epochs[-1] == 4 and epochs.count(1) == 1, (path, epochs)
