@@ -6,8 +6,9 @@
 2. Work lost to a node: a real two-node Ray cluster on this machine (a head and `ray start --address`, as
    tests/test_multinode.py starts them), an elastic DDP group `workers: [1, 2]`, one worker per node. The second
    node SIGKILLed mid-epoch: steps redone = last step trained - the step resumed after (goal: <= K). Drained with a
-   deadline (`ray drain-node`, notice read every step), then killed at the deadline: steps lost after the notice
-   (goal: <= 1).
+   deadline (`ray drain-node`, notice read every step; steps slowed so no epoch ends inside the window), then
+   killed at the deadline Ray Train's watcher read: steps trained before the kill that the restart trained again
+   (goal: <= 1; `raytrain.notice`).
 3. Elastic accuracy: the same seed and global batch, a run that lost its second node for part of the run (one
    worker, gradient accumulation) vs one that kept both: final validation accuracy within 0.3 points.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -91,8 +93,9 @@ def overhead() -> dict:
 
 
 def _cluster_run(tmp: Path, env: dict, name: str, every: int | None, event, pace: float = 0.2) -> dict:
-    """`raytrain train` of an elastic [1, 2] group on the cluster in `env`; `event(log, node_id_of, set_pace)` runs
-    while it trains (kills or drains the second node). Returns the summary and the step log."""
+    """`raytrain train` of an elastic [1, 2] group on the cluster in `env`; `event(rows, set_pace, output)` runs
+    while it trains (kills or drains the second node; `output()`: the driver's output so far). Returns the summary
+    and the step log."""
     from helpers import write_yaml
     from multinode import steps
 
@@ -104,18 +107,18 @@ def _cluster_run(tmp: Path, env: dict, name: str, every: int | None, event, pace
            "parallel": {"workers": [1, 2], "cpus_per_worker": 1, "resize_check_s": 2, "max_failures": 3},
            "checkpoint": {"every_steps": every, "notice_every_steps": 1}, "output": "s3://raytrain-elastic/runs",
            "callbacks": [{"name": "multinode:StepLog", "args": {"path": str(log), "pace": str(pace_file)}}]}
-    cfg = write_yaml(tmp / f"{name}.yaml", exp)
+    cfg, out = write_yaml(tmp / f"{name}.yaml", exp), open(tmp / f"{name}.out", "w")
     proc = subprocess.Popen([sys.executable, "-m", "raytrain", "train", str(cfg), "--summary-json",
-                             str(tmp / f"{name}.json")], env=env, cwd=tmp, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                             str(tmp / f"{name}.json")], env=env, cwd=tmp, stdout=out, stderr=subprocess.STDOUT)
     try:
         if event is not None:
-            event(log, lambda: steps(log), lambda s: pace_file.write_text(str(s)))
+            event(lambda: steps(log), lambda s: pace_file.write_text(str(s)), lambda: (tmp / f"{name}.out").read_text())
         pace_file.write_text("0")
         proc.wait(timeout=1800)
     finally:
         if proc.poll() is None:
             proc.kill()
+        out.close()
     return {"summary": json.loads((tmp / f"{name}.json").read_text()), "steps": steps(log)}
 
 
@@ -132,7 +135,7 @@ def node_loss(every: int) -> dict:
             env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), env["PYTHONPATH"]])
             nodes = [Node(address, env, tmp, "node2").started()]
 
-            def kill(log, rows, pace):
+            def kill(rows, pace, output):
                 wait_for("world 2 mid-epoch", lambda: any(r["world"] == 2 and r["step"] >= every + 3 for r in rows()), 600)
                 nodes[-1].kill()
                 wait_for("world 1", lambda: any(r["world"] == 1 for r in rows()), 600)
@@ -140,20 +143,25 @@ def node_loss(every: int) -> dict:
                 nodes.append(Node(address, env, tmp, "node3").started())
                 wait_for("grown back", lambda: any(r["node"] == "node3" for r in rows()), 600)
 
-            def drain(log, rows, pace):
+            def drain(rows, pace, output):
                 wait_for("world 2", lambda: any(r["world"] == 2 and r["step"] >= 3 for r in rows()), 600)
                 node_id = next(r["node_id"] for r in rows() if r["node"] == nodes[-1].name)
-                deadline = time.time() + 30
+                pace(2.0)  # no epoch end (with its own checkpoint) inside the drain's window
                 subprocess.run([str(Path(sys.executable).parent / "ray"), "drain-node", f"--address={address}",
                                 f"--node-id={node_id}", "--reason=DRAIN_NODE_REASON_PREEMPTION",
                                 "--reason-message=bench", "--deadline-remaining-seconds=30"], env=env, check=True,
                                capture_output=True, timeout=120)
-                time.sleep(max(0.0, deadline - time.time()))
+                # the deadline Ray Train's watcher read from the GCS (the CLI's own start-up took some of the 30 s)
+                found = wait_for("Ray Train's drain notice", lambda: re.search(
+                    r"PreemptionWatcher: preemption detected.*deadline_ms=(\d+)", output()), 60)
+                time.sleep(max(0.0, int(found.group(1)) / 1000 - time.time()))
                 nodes[-1].kill()
+                pace(0.2)
                 wait_for("world 1", lambda: any(r["world"] == 1 for r in rows()), 600)
 
             clean = _cluster_run(tmp, env, "clean", every, None)
             killed = _cluster_run(tmp, env, "killed", every, kill)
+            nodes[-1].kill()  # the drained run's group: the head and a fresh node, one worker each
             nodes.append(Node(address, env, tmp, "node4").started())
             drained = _cluster_run(tmp, env, "drained", None, drain)
             for n in nodes:

@@ -137,6 +137,14 @@ def preemption_info():
     return ray.train.get_preemption_info()
 
 
+def preemption_default_wait_s() -> float:
+    """How long Ray Train's controller waits after seeing a drain that gave no deadline before it restarts the
+    group (`DEFAULT_PREEMPTION_DEADLINE_S`)."""
+    from ray.train.v2._internal import constants
+
+    return float(constants.DEFAULT_PREEMPTION_DEADLINE_S)
+
+
 def trial_storage():
     """(pyarrow filesystem, path) of the search trial this process trains for, in the search's storage, or
     None outside one. In a Tune trial process: Tune's folder for the trial (its session's StorageContext;

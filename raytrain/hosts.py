@@ -22,6 +22,7 @@ import torch
 from raytrain import _ray_compat
 from raytrain import checkpoint as ckpt
 from raytrain import storage
+from raytrain.notice import GRACE_S, Notice
 from raytrain.plan import RunPlan
 from raytrain.storage import Location
 
@@ -43,9 +44,10 @@ class Host:
         """The folder holding this run's checkpoint_* (listed for older ones)."""
         return None
 
-    def notice(self, step: int) -> Optional[str]:
-        """Why this worker must checkpoint and stop now (a drained node, SIGTERM), or None. Called at every
-        step boundary, on every rank (a host whose check is a collective runs it on the same steps everywhere)."""
+    def notice(self, step: int) -> Optional[Notice]:
+        """Why this worker must checkpoint now (a drained node, SIGTERM), or None. Called at every step
+        boundary, on every rank, until one comes (a host whose check is a collective runs it on the same steps
+        everywhere)."""
         return None
 
     def report(self, metrics: dict, files: Optional[dict[str, bytes]]) -> Optional[str]:
@@ -61,8 +63,8 @@ def _directory(files: dict[str, bytes]) -> tempfile.TemporaryDirectory:
 
 
 class TrainHost(Host):
-    notice_stops = False  # a drained node: checkpoint now, train on; Ray Train restarts the group from that
-    # checkpoint when the node goes (a worker function that returned would end the run as finished)
+    notice_stops = False  # a drained node: checkpoint now, train on while a step fits, then wait for Ray Train
+    # to restart the group at the deadline (`raytrain.notice`: a worker function that returned would end the run)
 
     def __init__(self, plan: RunPlan):
         import ray.train
@@ -80,16 +82,19 @@ class TrainHost(Host):
 
         return ray.train.get_dataset_shard(name)
 
-    def notice(self, step: int) -> Optional[str]:
-        """Ray Train's preemption notice (a node of the group being drained, with a deadline), asked every
-        `checkpoint.notice_every_steps` steps: the call is a barrier across the group's workers."""
+    def notice(self, step: int) -> Optional[Notice]:
+        """Ray Train's preemption notice (a node of the group being drained, with a deadline or none), asked
+        every `checkpoint.notice_every_steps` steps: the call is a barrier across the group's workers. Ray Train
+        restarts the group at the deadline (without one, its default wait after the drain was seen), plus the
+        grace raytrain gives it."""
         if step % self.every != 0:
             return None
         info = _ray_compat.preemption_info()
         if info is None:
             return None
-        left = f", {max(info.deadline_ms / 1000 - time.time(), 0):.0f} s before its deadline" if info.deadline_ms else ""
-        return f"node {', '.join(n[:8] for n in info.preempted_node_ids)} drained{left}"
+        deadline = info.deadline_ms / 1000 if info.deadline_ms else None
+        restart = deadline if deadline is not None else time.time() + _ray_compat.preemption_default_wait_s()
+        return Notice(f"node {', '.join(n[:8] for n in info.preempted_node_ids)} drained", deadline, restart + GRACE_S)
 
     def registered(self) -> Optional[Location]:
         """Ray Train's latest registered checkpoint, as a folder of this run's checkpoint storage (so its URI
@@ -169,11 +174,12 @@ class LocalHost(Host):
     def checkpoints(self) -> Optional[Location]:
         return self.storage
 
-    def notice(self, step: int) -> Optional[str]:
+    def notice(self, step: int) -> Optional[Notice]:
         """SIGTERM (Kubernetes, `ray job stop`) while training: checkpoint at this step and stop."""
         from raytrain.runtime import notice
 
-        return notice()
+        reason = notice()
+        return Notice(reason) if reason else None
 
     def report(self, metrics: dict, files: Optional[dict[str, bytes]]) -> Optional[str]:
         row = dict(metrics)

@@ -25,6 +25,7 @@ from raytrain import collectives
 from raytrain.callbacks import Callback, Callbacks, EpochClock, LoopContext, from_names
 from raytrain.errors import Interrupted
 from raytrain.hosts import Host
+from raytrain.notice import Drain, StepTimes
 from raytrain.plan import RunPlan
 from raytrain.records import EpochRecord, EvalSums, TrainSums
 from raytrain.techniques.allocator import keep_freed_memory
@@ -56,7 +57,7 @@ def run(host: Host, plan: RunPlan, factory: Optional[Callable] = None, entered: 
         user = from_names(exp.callbacks)  # importable before the model is built: a typo fails fast
         mode = build_mode(exp, info, plan, host, factory)
         own = [StartupMarks(plan.launch_time, entered), *technique_callbacks(exp, mode)]
-        if host.rank == 0 and plan.mode != "trial":  # a search's trials report through its own lines
+        if host.rank == 0 and plan.console_lines:
             own.append(Progress(plan.steps_per_epoch, exp.train.epochs, exp.train.batch_size))
         Loop(mode, host, plan, Callbacks([*own, *user, *callbacks])).run()
 
@@ -97,7 +98,9 @@ def restore(host: Host, name: str) -> Optional[dict]:
     cands = collectives.broadcast_object(ckpt.candidates(host.registered(), host.checkpoints()) if host.rank == 0 else None)
     state, used = ckpt.load_first(cands, name, agree=collectives.all_true)
     if state is not None and host.rank == 0:
-        log.info(f"resumed from {used.uri} (epoch {int(state['epoch']) + 1} done)")
+        pos = state.get("position") or {}  # a step checkpoint's: where inside its epoch
+        done = f"epoch {pos['epoch'] + 1} step {pos['step']}" if pos else f"epoch {int(state['epoch']) + 1}"
+        log.info(f"resumed from {used.uri} ({done} done)")
     return state
 
 
@@ -109,7 +112,9 @@ class Loop:
                                lambda metrics: host.report(metrics, None), plan.steps_per_epoch)
         self.state.callbacks = callbacks
         callbacks.load_state_dict(self.state.restored_callbacks)
-        self.noticed: Optional[str] = None
+        self.noticed = None  # the host's notice, once one came
+        self.drain: Optional[Drain] = None  # a drained node's group training on until its deadline
+        self.times, self.eval_s = StepTimes(), None  # recent step seconds, the last evaluation's
 
     def evaluate(self, split: str = "val") -> EvalSums:
         """`split`'s sums over every rank (each rank must call it)."""
@@ -119,6 +124,8 @@ class Loop:
         try:
             self.cbs.call("on_fit_start", self.ctx)
             for epoch in range(self.state.epoch + 1, self.exp.train.epochs):
+                if self.drain is not None:  # the last epoch's checkpoint may be the last before the deadline
+                    self.drain.at_boundary(None)
                 record = self.epoch(epoch)
                 if record is None or record.final:
                     return
@@ -127,30 +134,43 @@ class Loop:
             raise
 
     def on_step(self, epoch: int, carried: TrainSums, carried_s: float) -> Callable:
-        every = self.exp.checkpoint.every_steps if self.plan.mode != "trial" else None
+        every = self.exp.checkpoint.every_steps if self.plan.step_checkpoints else None
         last = self.plan.steps_per_epoch
+        self.times.epoch_start()
 
         def hook(step: int, clock: EpochClock, running: Callable[[], TrainSums]) -> bool:
             self.cbs.call("on_step_end", self.ctx, epoch, step, clock)
-            notice = self.host.notice(step) if not self.noticed else None
-            if notice is not None:
+            self.times.step_ended()
+            try:
+                return boundary(step, lambda note="": self.step_checkpoint(
+                    epoch, step, carried.add(running()), carried_s + clock(sync=True), note))
+            finally:
+                self.times.going_on()
+
+        def boundary(step: int, write: Callable) -> bool:
+            notice = self.host.notice(step) if not self.noticed or self.drain is not None else None
+            if notice is not None and self.drain is not None:  # asked on: another node drained too
+                self.drain.update(notice)
+            elif notice is not None:
                 self.noticed = notice
                 if self.host.notice_stops:
                     self.ctx.stop(f"interrupted: {notice}", now=True)
-                else:  # checkpoint this step, train on
-                    log.warning(f"rank {self.host.rank}: {notice}: checkpoint at epoch {epoch + 1} step {step}")
-                    self.step_checkpoint(epoch, step, carried.add(running()), carried_s + clock(sync=True))
-                    return False
+                else:  # a drained node (`raytrain.notice`): checkpoint now, train on while a step still fits
+                    self.drain = Drain(notice, self.host.rank, self.times)
+                    self.drain.checkpoint(write, self.drain.first_note())
+            if self.drain is not None:  # at the epoch's end, its evaluation and checkpoint must fit too
+                end = 0.0 if step < last else math.inf if self.eval_s is None else self.eval_s + self.drain.checkpoint_s
+                self.drain.at_boundary(write, end)
             if self.ctx.stop_now:
                 if step < last:  # the epoch's own checkpoint covers its last step
-                    self.step_checkpoint(epoch, step, carried.add(running()), carried_s + clock(sync=True))
+                    write()
                 return True
-            if every and step % every == 0 and step < last:
-                self.step_checkpoint(epoch, step, carried.add(running()), carried_s + clock(sync=True))
+            if every and step % every == 0 and step < last and self.drain is None:
+                write()
             return False
         return hook
 
-    def step_checkpoint(self, epoch: int, step: int, local: TrainSums, train_s: float) -> None:
+    def step_checkpoint(self, epoch: int, step: int, local: TrainSums, train_s: float, note: str = "") -> None:
         """A checkpoint inside epoch `epoch`, after `step` steps: the state plus where in the epoch it was (the
         step, the epoch's sums and training seconds so far), so a resume goes on at the next step. The epoch's
         order is not stored: it is a function of (seed, epoch) (`data.memory.epoch_order`)."""
@@ -166,6 +186,7 @@ class Loop:
         self.host.report(row, files)
         if self.host.rank == 0:
             line = f"checkpoint at epoch {epoch + 1} step {step}/{self.plan.steps_per_epoch}"
+            line += f" ({note})" if note else ""
             log.info(f"{line} ({self.ctx.stop_reason}): `--resume` continues at the next step"
                      if self.ctx.stop_now else line)
 
@@ -187,6 +208,7 @@ class Loop:
         train_s = carried_s + time.perf_counter() - t0 - new.paused_seconds
         va = self.evaluate("val")
         epoch_s = carried_s + time.perf_counter() - t0 - new.paused_seconds
+        self.eval_s = epoch_s - train_s
         state.elapsed_s += epoch_s
         state.epoch = epoch
         record = epoch_record(epoch, tr, va, train_s, epoch_s, self.host.world, state, mode.labels())
@@ -195,7 +217,7 @@ class Loop:
         self.cbs.call("on_epoch_end", ctx, record)
         record.final = ctx.stop_reason is not None or epoch == exp.train.epochs - 1
         every = exp.checkpoint.every_epochs
-        save = record.final or (every is not None and (epoch + 1) % every == 0)
+        save = record.final or (every is not None and (epoch + 1) % every == 0) or self.drain is not None
         # Encoded before on_fit_end (pruning folds magnitude masks into the weights): a resume with more
         # epochs keeps them.
         files = ckpt.encode(state.state_dict(), mode.file_name) if save and mode.writes_checkpoint else None

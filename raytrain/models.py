@@ -19,7 +19,7 @@ from raytrain.errors import UserError
 
 def _ch(base: int, width: float) -> int:
     """Channels for `base * width`, a multiple of 8 (MobileNet's make_divisible): oneDNN's bf16 and
-    channels_last kernels fall back to slow paths on odd channel counts (width 0.4 ran no faster than 0.5)."""
+    channels_last kernels fall back to slow paths on odd channel counts (docs/models.md)."""
     v = base * width
     c = max(8, int(v + 4) // 8 * 8)
     return c + 8 if c < 0.9 * v else c

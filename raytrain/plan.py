@@ -21,7 +21,12 @@ class RunPlan:
     checkpoints: Optional[str] = None  # URI of the folder holding this run's checkpoint_* (listed on resume)
     launch_time: Optional[float] = None  # when the user's command started (time-to-first-step)
     compile_cache: Optional[str] = None  # TORCHINDUCTOR_CACHE_DIR for train.compile
-    mode: str = "worker-group"  # worker-group | in-process | trial
+    mode: str = "worker-group"  # worker-group | in-process | trial: where it trains (the summary says which)
+    # What the caller wants of the loop, declared here: the loop and the worker never ask who the caller is.
+    console_lines: bool = True  # rank 0's progress bar, and a worker process's INFO lines (False: the caller
+    #                             says one line per event itself, as a search does for its trials; verbose shows all)
+    step_checkpoints: bool = True  # checkpoint.every_steps applies (False: the caller restores at epoch ends
+    #                                only, as Tune does a trial; each of a trial's reports is a result for ASHA)
 
     def exp(self) -> Experiment:
         return Experiment.model_validate_json(self.experiment)

@@ -78,7 +78,7 @@ class EpochProgress:
 
 
 class Progress(Callback):
-    """`EpochProgress` at the loop's events (rank 0 of a run that is not a search trial)."""
+    """`EpochProgress` at the loop's events (rank 0, where the plan asks for console lines)."""
 
     def __init__(self, steps_per_epoch: int, epochs: int, samples_per_step: int, **kw):
         self.bar = EpochProgress(steps_per_epoch, epochs, samples_per_step, **kw)

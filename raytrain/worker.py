@@ -15,6 +15,6 @@ def train_loop_per_worker(config: dict) -> None:
     _ray_compat.quiet_train_report_log()
     console.attach()  # this worker process's raytrain lines reach the driver's log
     plan = RunPlan.from_json(config["plan"])
-    if plan.mode == "trial" and not console.is_verbose():  # a search's trial: the driver says one line per event
+    if not plan.console_lines and not console.is_verbose():  # the caller says one line per event itself
         console.LOGGER.setLevel(logging.WARNING)
     loop.run(TrainHost(plan), plan, config.get("model_factory"), entered, config.get("callbacks") or ())

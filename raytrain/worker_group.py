@@ -19,6 +19,7 @@ from raytrain import checkpoint as ckpt
 from raytrain import storage
 from raytrain.config import Experiment
 from raytrain.data.ingest import Ingest
+from raytrain.notice import GRACE_S
 from raytrain.plan import RunPlan
 from raytrain.runtime import CONTROLLER_FAILURE_LIMIT
 from raytrain.worker import train_loop_per_worker
@@ -64,12 +65,13 @@ def scaling(par) -> ScalingConfig:
 
 def failures(par) -> FailureConfig:
     """`parallel.max_failures` worker-group failures (a lost node's workers included; drained nodes have Ray's
-    own, unbounded preemption budget). An elastic group may also fail to start once per lost node: Ray Train
-    sizes the restart from a view of the cluster refreshed every 20 s (its AutoscalingCoordinator), so a restart
-    right after a node died can ask for the dead node's workers and time out waiting for them, then retries
-    smaller; a fixed group gets one such retry."""
+    own, unbounded preemption budget, and a restart at the drain's deadline plus `notice.GRACE_S`). An elastic
+    group may also fail to start once per lost node: Ray Train sizes the restart from a view of the cluster
+    refreshed every 20 s (its AutoscalingCoordinator), so a restart right after a node died can ask for the dead
+    node's workers and time out waiting for them, then retries smaller; a fixed group gets one such retry."""
     extra = par.max_failures if par.elastic else 0
-    return FailureConfig(max_failures=par.max_failures, controller_failure_limit=CONTROLLER_FAILURE_LIMIT + extra)
+    return FailureConfig(max_failures=par.max_failures, controller_failure_limit=CONTROLLER_FAILURE_LIMIT + extra,
+                         preemption_grace_s=GRACE_S)
 
 
 def fit(exp: Experiment, plan: RunPlan, ingest: Ingest, run_dir: storage.Location,

@@ -41,6 +41,24 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.module.__name__ in in_process_ray)  # stable: order kept within each group
 
 
+@pytest.fixture(autouse=True)
+def _no_ray_left_behind(request):
+    """A test that does not hold the session's Ray must not leave one up in this process: later in-process runs
+    would join it instead of taking their own path (and `ray_local` would inherit a Ray without the tests'
+    PYTHONPATH). The leak fails the test that made it, and is ended (the test started it)."""
+    if "ray_local" in request.fixturenames:
+        yield
+        return
+    import sys
+
+    before = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    yield
+    ray = sys.modules.get("ray")
+    if not before and ray is not None and ray.is_initialized():
+        ray.shutdown()
+        pytest.fail("this test left a Ray running in the test process")
+
+
 @pytest.fixture
 def no_ray():
     """For tests of the no-Ray path: fails (not skips) if this process already holds a Ray, which would send

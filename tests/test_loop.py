@@ -242,3 +242,32 @@ def test_sigterm_checkpoints_at_the_next_step_exits_143_and_resume_goes_on(exp_d
     assert again.returncode == 0, again.stderr[-2000:]
     a, b = _weights(clean.run_dir), _weights(run_dir)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class Names(Callback):
+    """The names of the callbacks the loop runs."""
+
+    def on_fit_start(self, ctx):
+        self.names = [c.name for c in ctx.state.callbacks.items]
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_the_plan_declares_progress_and_step_checkpoints(exp_dict, no_ray, declared):
+    """What a search's trial turns off in its plan (`console_lines`, `step_checkpoints`), the loop obeys without
+    knowing who called it: no progress callback, and no checkpoint inside an epoch despite `every_steps`."""
+    from raytrain import driver, loop, storage
+    from raytrain.data.ingest import steps_per_epoch
+    from raytrain.hosts import LocalHost
+    from raytrain.plan import RunPlan
+
+    exp = make_exp(exp_dict, train__epochs=1, checkpoint={"every_steps": 10})
+    info = driver.preflight(exp).info
+    ingest = driver.in_memory(info)
+    run_dir = storage.new_run_dir(resolve(exp.output), exp.name)
+    plan = RunPlan(exp.model_dump_json(), info.to_json(), steps_per_epoch(exp, info), ingest.shards,
+                   run_dir=run_dir.uri, console_lines=declared, step_checkpoints=declared)
+    seen = Names()
+    loop.run(LocalHost(ingest.datasets, torch.device("cpu"), run_dir, 3), plan, callbacks=[seen])
+    assert ("Progress" in seen.names) == declared, seen.names
+    steps = [r["step"] for r in read_rows(run_dir, steps=True) if r.get("step_checkpoint")]
+    assert steps == ([10, 20] if declared else []), steps

@@ -2,10 +2,11 @@
 `ray start --address=...` with its own resources, run output on the S3 API server (moto). An elastic DDP group
 (`parallel.workers: [1, 2]`, one worker per node) whose second node is SIGKILLed mid-epoch goes on with the
 worker left from the newest step checkpoint and grows back when a node joins again; a node drained with a
-deadline (`ray drain-node`, as the autoscaler does for a spot reclaim) makes the group checkpoint before the
-deadline, and the run resumes from that checkpoint; a local `output` is refused on the real two nodes (no
-environment override). Every step trained is logged by `multinode.StepLog`, so each test knows exactly which
-steps ran where and which were redone. (No-Ray unit tests of elastic groups: tests/test_elastic.py.)"""
+deadline (`ray drain-node`, as the autoscaler does for a spot reclaim) makes the group train on and checkpoint
+last just before the deadline, and the run resumes from that checkpoint, losing at most one step; a local
+`output` is refused on the real two nodes (no environment override). Every step trained is logged by
+`multinode.StepLog`, so each test knows exactly which steps ran where and which were redone. (No-Ray unit tests
+of elastic groups: tests/test_elastic.py; of a drained group's steps: tests/test_notice.py.)"""
 
 from __future__ import annotations
 
@@ -158,9 +159,10 @@ def test_local_output_is_refused_on_two_real_nodes(cluster, node2, tmp_path, sta
 @pytest.mark.multinode_wip
 def test_a_node_drained_with_a_deadline_checkpoints_before_it(cluster, node2, tmp_path, starts_ray):
     """`ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION --deadline-remaining-seconds 30` on the second node
-    (epoch checkpoints only, so the one step checkpoint is the notice's): the group checkpoints at the notice,
-    before the deadline, and trains on; the test kills the node at the deadline (as the cloud would), and the run
-    resumes from the notice's checkpoint with the worker left: it loses only the steps since the notice."""
+    (epoch checkpoints only, so every step checkpoint is the drain's): the group checkpoints at the notice, trains
+    on while a step and a checkpoint fit, checkpoints again before the deadline and waits; the test kills the node
+    at the deadline (as the cloud would), and the run resumes after that last checkpoint with the worker left:
+    at most one step trained is lost (`raytrain.notice`)."""
     with Run(cluster, tmp_path, "drain", pace=0.3, epochs=2, batch=32, notice_every_steps=1) as run:
         rows = run.trained("2 workers in epoch 1", lambda rs: any(r["world"] == 2 and r["step"] >= 2 for r in rs))
         node_id = _first(rows, node="node2")["node_id"]
@@ -172,22 +174,29 @@ def test_a_node_drained_with_a_deadline_checkpoints_before_it(cluster, node2, tm
         assert drained.returncode == 0, drained.stdout + drained.stderr
         # the deadline as Ray Train's drain watcher read it from the GCS (the CLI's own start-up took some of it)
         deadline = wait_for("Ray Train's preemption notice", lambda: run.deadline(), 30)
-        noticed = wait_for("the notice's step checkpoint", run.step_checkpoints, deadline - time.time(), every=0.3)
-        written_at = time.time()
-        time.sleep(max(0.0, deadline - time.time()))
+        seen: dict[tuple[int, int], float] = {}  # each step checkpoint, when it was first listed
+        while time.time() < deadline:
+            for cp in run.step_checkpoints():
+                seen.setdefault(cp, time.time())
+            time.sleep(min(0.3, max(0.0, deadline - time.time())))
         node2.kill()  # at the deadline: the reclaim
         run.set_pace(0.3)
         run.trained("the worker left training", lambda rs: any(r["world"] == 1 for r in rs))
         summary = run.finish()
     assert summary["status"] == "completed", summary
-    (epoch, step), trained = noticed[0], run.steps()
+    trained = run.steps()
+    assert seen, f"no step checkpoint before the deadline:\n{run.tail()}"
+    (notice, _), (last, written_at) = min(seen.items()), max(seen.items())
     resumed = _first(trained, world=1)
-    since = [r for r in trained if r["world"] == 2 and r["rank"] == 0 and (r["epoch"], r["step"]) > (epoch, step)]
-    print(f"\n[figures] drain: notice checkpoint at epoch {epoch + 1} step {step}, {deadline - written_at:.1f} s before "
-          f"the deadline; resumed with 1 worker at epoch {resumed['epoch'] + 1} step {resumed['step']}: the {len(since)} "
-          f"step(s) trained after the notice were lost")
+    lost = [r for r in trained if r["world"] == 2 and r["rank"] == 0 and (r["epoch"], r["step"]) > last]
+    print(f"\n[figures] drain: notice checkpoint at epoch {notice[0] + 1} step {notice[1]}, last at step {last[1]} "
+          f"({deadline - written_at:.1f} s before the deadline, {last[1] - notice[1]} step(s) trained after the notice "
+          f"kept); resumed with 1 worker at epoch {resumed['epoch'] + 1} step {resumed['step']}: {len(lost)} step(s) "
+          "lost")
     assert written_at < deadline
-    assert (resumed["epoch"], resumed["step"]) == (epoch, step + 1)  # from the notice's checkpoint
+    assert (resumed["epoch"], resumed["step"]) == (last[0], last[1] + 1)  # from the last checkpoint before it
+    assert len(lost) <= 1, lost  # at most the step in flight
+    assert last > notice, "the group stopped at the notice instead of training on until the deadline"
     assert all(r["node"] == "head" for r in trained if r["t"] >= resumed["t"])
     assert [r["epoch"] for r in _epoch_rows(summary)] == [1, 2]
 

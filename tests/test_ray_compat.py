@@ -121,7 +121,7 @@ def test_forwarded_lines_pass_through_rays_dispatcher_while_inside():
     assert "emit" not in vars(dispatcher)
 
 
-def test_the_tensor_column_written_without_ray_reads_back_as_rays_own(tmp_path):
+def test_the_tensor_column_written_without_ray_reads_back_as_rays_own(tmp_path, ray_local):
     """raytrain writes its cache's tensor column without importing Ray; Ray Data must read it as its own type."""
     import numpy as np
     import pyarrow as pa
@@ -151,3 +151,16 @@ def test_trial_storage_reads_the_sessions_storage_where_ray_keeps_it():
     assert isinstance(storage.StorageContext.trial_fs_path, property)
     assert isinstance(v2_storage.StorageContext.experiment_fs_path, property)
     assert "get_storage" in vars(context.TrainContext)
+
+
+def test_the_drain_wait_without_a_deadline_is_the_one_the_controller_keeps():
+    """A drain with no deadline: Ray Train's controller restarts the group that long after it saw it (the bound
+    of a drained group's wait, `hosts.TrainHost.notice`); the preemption notice has the fields raytrain reads."""
+    from ray.train.v2._internal.execution.controller import controller
+    from ray.train.v2.api.preemption import PreemptionInfo
+
+    assert _ray_compat.preemption_default_wait_s() > 0
+    assert "detected_at_s + DEFAULT_PREEMPTION_DEADLINE_S" in inspect.getsource(controller)
+    info = PreemptionInfo(deadline_ms=None, preempted_node_to_ranks={"b": [1], "a": [0]})
+    assert info.preempted_node_ids == ["a", "b"] and info.deadline_ms is None
+    assert "preemption_grace_s" in inspect.signature(ray.train.FailureConfig).parameters

@@ -44,7 +44,7 @@ def pick(rows: list[dict], top_k: int) -> list[dict]:
 
 def points(finalists: list[dict], seeds: list[int]) -> list[dict]:
     """The (finalist, seed) runs in the order they start: seed by seed, every finalist once per seed, so that a
-    finalist's runs are spread over the stage as everyone's are (this VM's speed drifts over minutes)."""
+    finalist's runs are spread over the stage as everyone's are (a machine's speed can drift over minutes)."""
     return [{"finalist": f["finalist"], "seed": s, "config": {**f["params"], "seed": s}} for s in seeds for f in finalists]
 
 
