@@ -164,3 +164,16 @@ def trial_storage():
     except RuntimeError:  # not in a Train worker either
         return None
     return st.storage_filesystem, st.experiment_fs_path.rstrip("/").rsplit("/", 1)[0]
+
+
+def dashboard_address():
+    """host:port of the dashboard of the Ray this process is connected to, or None (no Ray, or no dashboard).
+    Ray keeps it on its private global node (`ray.init()`'s context reads it there too)."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    from ray._private import worker
+
+    return getattr(getattr(worker, "_global_node", None), "webui_url", None) or None

@@ -17,7 +17,6 @@ from raytrain.errors import UserError
 
 CONTROLLER_FAILURE_LIMIT = 1
 RESERVE_TIMEOUT_S = 60.0
-_dashboard: str | None = None
 
 
 @contextmanager
@@ -49,7 +48,6 @@ def ray_session(num_cpus: int | None = None, dashboard: bool = True):
     embedded one. Only an embedded Ray started here is shut down on exit; the environment variables it
     needed and PYTHONPATH are put back. Its dashboard binds to 127.0.0.1. Yields "existing", "cluster"
     or "embedded"."""
-    global _dashboard
     import ray
 
     with ExitStack() as undo:  # unwound in reverse: SIGTERM handler, Ray, PYTHONPATH, env
@@ -63,16 +61,15 @@ def ray_session(num_cpus: int | None = None, dashboard: bool = True):
             # no task could use the workers Ray pre-starts (their env differs) and each paid a fresh process.
             undo.enter_context(pythonpath_first(os.getcwd()))
             # address="local": a new embedded Ray, never a `ray start` cluster that happens to be running here.
-            ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
                            configure_logging=True, logging_level="WARNING")
             kind = "embedded"
         else:
             path = os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)
-            ctx = ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True,
+            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True,
                            runtime_env={"env_vars": {"PYTHONPATH": path, **ray_env()}})
             kind = "cluster"
         undo.callback(ray.shutdown)
-        _dashboard = getattr(ctx, "dashboard_url", None)
         undo.enter_context(sigterm_as_interrupt())
         yield kind
 
@@ -180,8 +177,9 @@ def in_background(fn, *args) -> Future:
 
 
 def dashboard_url() -> str | None:
-    """The dashboard of the Ray that `ray_session` connected to (None if it runs without one)."""
-    url = _dashboard
+    """The dashboard of the Ray this process is connected to now (None: no Ray, or one without a dashboard).
+    Asked of Ray each time, not remembered: a notebook's Ray may change between calls."""
+    url = _ray_compat.dashboard_address()
     return f"http://{url}" if url and not url.startswith("http") else url
 
 

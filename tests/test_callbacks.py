@@ -1,5 +1,6 @@
-"""User callbacks (issue 29): TensorBoard from the CLI and in a search trial, MLflow against a real tracking
-server (Python API, then `--resume` into the same MLflow run), a callback that raises, and a bad name."""
+"""User callbacks (issue 29): TensorBoard and MLflow against a real tracking server (one run from the Python API,
+then `--resume` from the CLI into the same MLflow run and TensorBoard folder), both in a search trial, TensorBoard
+for a run on S3, a callback that raises, and a bad name."""
 
 from __future__ import annotations
 
@@ -48,21 +49,6 @@ def _assert_same(scalars: dict[str, dict[int, float]], rows: list[dict]) -> None
     assert set(got) == set(expected), sorted(set(got) ^ set(expected))
     for key, v in expected.items():
         assert got[key] == pytest.approx(v, rel=1e-6, abs=1e-9), key
-
-
-def test_tensorboard_from_the_cli_writes_every_number_of_every_row_and_resumes(tmp_path, exp_dict):
-    exp_dict["callbacks"] = [TB]
-    r = _cli("train", write_yaml(tmp_path / "e.yaml", exp_dict))
-    assert r.returncode == 0, r.stderr[-3000:]
-    (run,) = (tmp_path / "runs" / "t").iterdir()
-    rows = metric_rows(run)
-    assert [row["epoch"] for row in rows] == [1, 2]
-    scalars = _scalars(run / "tensorboard")
-    assert {"train_loss", "val_loss", "val_accuracy", "lr"} <= set(scalars)
-    _assert_same(scalars, rows)
-    r = _cli("train", tmp_path / "e.yaml", "--resume", run, "--set", "train.epochs=3")  # a second event file
-    assert r.returncode == 0, r.stderr[-3000:]
-    _assert_same(_scalars(run / "tensorboard"), metric_rows(run))
 
 
 def test_tensorboard_for_a_run_on_s3_uploads_its_events_every_epoch(s3_server, tmp_path, exp_dict, monkeypatch):
@@ -162,20 +148,29 @@ def mlflow_server(tmp_path_factory):
         log.close()
 
 
-def test_mlflow_logs_params_metrics_and_the_checkpoint_and_a_resume_continues_its_run(mlflow_server, tmp_path,
-                                                                                      exp_dict):
+def test_mlflow_and_tensorboard_log_every_row_and_a_cli_resume_continues_both(mlflow_server, tmp_path, exp_dict):
+    """One run with both callbacks (one start-up for both checks). The Python API's instances: MLflow logs the
+    params, every row's metrics and the final checkpoint; TensorBoard writes every number of every row as a scalar
+    at step = its epoch, and nothing else. Then `raytrain train --resume` from the CLI, the YAML naming both
+    (TensorBoard from the CLI; MLflow's server from its own variable): the same MLflow run goes on, and
+    TensorBoard's second event file adds the new row, every row's numbers still there once each. (A YAML callback
+    in a fresh CLI run: the Boom test; in a search trial: the test below.)"""
     import hashlib
 
     from mlflow import MlflowClient
 
     import raytrain
-    from raytrain.integrations import MLflow
+    from raytrain.integrations import MLflow, TensorBoard
 
-    r = raytrain.train(make_exp(exp_dict), callbacks=[MLflow(tracking_uri=mlflow_server)])
+    r = raytrain.train(make_exp(exp_dict), callbacks=[MLflow(tracking_uri=mlflow_server), TensorBoard()])
     assert r.status == "completed", r.error
     client = MlflowClient(mlflow_server)
     (run,) = client.search_runs([client.get_experiment_by_name("t").experiment_id])
     rows = metric_rows(r.run_dir)
+    assert [row["epoch"] for row in rows] == [1, 2]
+    scalars = _scalars(Path(r.run_dir) / "tensorboard")
+    assert {"train_loss", "val_loss", "val_accuracy", "lr"} <= set(scalars)
+    _assert_same(scalars, rows)
 
     def check(run, rows):
         assert run.info.status == "FINISHED"
@@ -193,8 +188,8 @@ def test_mlflow_logs_params_metrics_and_the_checkpoint_and_a_resume_continues_it
     assert sorted(p.name for p in got.iterdir()) == ["state.pt", "state.pt.sha256"]
     assert hashlib.sha256((got / "state.pt").read_bytes()).hexdigest() == (final / "state.pt.sha256").read_text()
 
-    # The CLI resumes it with more epochs, the YAML naming the callback and MLflow's own variable the server.
-    exp_dict["callbacks"] = ["raytrain.integrations:MLflow"]
+    # The CLI resumes it with more epochs, the YAML naming the callbacks and MLflow's own variable the server.
+    exp_dict["callbacks"] = [TB, "raytrain.integrations:MLflow"]
     cli = _cli("train", write_yaml(tmp_path / "e.yaml", exp_dict), "--resume", r.run_dir, "--set", "train.epochs=3",
                env=_env(MLFLOW_TRACKING_URI=mlflow_server))
     assert cli.returncode == 0, cli.stderr[-3000:]
@@ -205,30 +200,40 @@ def test_mlflow_logs_params_metrics_and_the_checkpoint_and_a_resume_continues_it
     check(again, rows)
     assert again.data.params["train.epochs"] == "2" and again.data.tags["resumed.train.epochs"] == "3"
     assert again.data.tags["raytrain.resumed_after_epoch"] == "2"
+    _assert_same(_scalars(Path(r.run_dir) / "tensorboard"), rows)  # with the second event file: every row, nothing else
 
 
-def test_both_callbacks_in_a_search_trial(ray_local, mlflow_server, tmp_path, exp_dict):
+def test_both_callbacks_in_a_search_trial_beside_a_diverging_trial_that_ends_alone(ray_local, mlflow_server,
+                                                                                   tmp_path, exp_dict):
     """A search's trials have no run folder: the base YAML's TensorBoard writes into the trial's Tune folder,
     beside Tune's own event files, and MLflow logs the trial as one run; both hold the numbers the trial
-    reported, though Tune ends the trial inside its last report (no on_report after it)."""
+    reported, though Tune ends the trial inside its last report (no on_report after it).
+    The same search (one start-up for both checks; tests/test_reliability.py's guarantee) runs a second trial at
+    once, whose learning rate makes it diverge: it alone is stopped, at its first epoch, and the first completes."""
     from mlflow import MlflowClient
 
     from raytrain.tuner import driver
     from raytrain.tuner.spec import load_spec
 
     spec = {**exp_dict, "name": "searched",
+            "train": {**exp_dict["train"], "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.0}},
             "callbacks": [TB, {"name": "raytrain.integrations:MLflow", "args": {"tracking_uri": mlflow_server}}],
-            "search": {"samples": 1, "space": {"train.optimizer.lr": {"choice": [0.05]}},
+            "search": {"samples": 1, "space": {"train.optimizer.lr": {"grid": [0.05, 1.0e6]}}, "max_concurrent": 2,
                        "asha": {"max_t": 2, "grace_period": 2}, "trial": {"workers": 1}}}
     summary = driver.run(load_spec(write_yaml(tmp_path / "s.yaml", spec)))
-    (trial,) = summary["trials"]
+    by_lr = {t["params"]["train.optimizer.lr"]: t for t in summary["trials"]}
+    assert by_lr[1.0e6]["status"] == "diverged" and by_lr[1.0e6]["epochs"] == 1  # stopped at its first epoch
+    trial = by_lr[0.05]
+    assert trial["status"] == "completed" and trial["val_accuracy"] > 0.5, trial
     history = [h for h in trial["history"] if not h.get("probe")]
     assert [h["epoch"] for h in history] == [1, 2], history
-    (folder,) = Path(summary["run_dir"]).glob("tune/*/tensorboard")
+    folder = Path(trial["path"]) / "tensorboard"
+    assert folder in set(Path(summary["run_dir"]).glob("tune/*/tensorboard")), folder
     scalars = _scalars(folder)
     client = MlflowClient(mlflow_server)
-    (run,) = client.search_runs([client.get_experiment_by_name("searched").experiment_id])
-    assert run.info.status == "FINISHED" and run.data.params["train.optimizer.lr"] == "0.05"
+    runs = client.search_runs([client.get_experiment_by_name("searched").experiment_id])
+    (run,) = [r for r in runs if r.data.params["train.optimizer.lr"] == "0.05"]
+    assert run.info.status == "FINISHED"
     for key in ("train_loss", "val_loss", "val_accuracy", "elapsed_s"):
         reported = {h["epoch"]: h[key] for h in history}
         assert scalars[key] == pytest.approx(reported, rel=1e-6), key

@@ -17,11 +17,11 @@ from torch import nn
 
 from helpers import make_exp
 
-STEP_TIMEOUT_S = 3  # the process group's timeout here: shorter than the skew
-SKEW_S = 6
+STEP_TIMEOUT_S = 2  # the process group's timeout here: half the skew
+SKEW_S = 4
 
 
-def _rank(rank: int, store: str, q) -> None:
+def _rank(rank: int, store: str, q, start) -> None:
     """Two gloo ranks (no Ray) whose process group times out after STEP_TIMEOUT_S: skewed arrivals at the
     patient waits, then DDP with pruning masks."""
     import torch.distributed as dist
@@ -31,6 +31,7 @@ def _rank(rank: int, store: str, q) -> None:
     from raytrain.techniques import pruning  # noqa: F401
 
     torch.set_num_threads(1)
+    start.wait(timeout=120)  # both ranks imported: the group's rendezvous is no skew of its own either
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
                             timeout=timedelta(seconds=STEP_TIMEOUT_S))
     try:
@@ -76,9 +77,9 @@ def _ddp_masks(rank: int) -> dict:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> list[dict]:
     ctx = mp.get_context("spawn")
-    q = ctx.Queue()
+    q, start = ctx.Queue(), ctx.Barrier(2)
     store = str(tmp_path_factory.mktemp("store") / "store")
-    procs = [ctx.Process(target=_rank, args=(r, store, q), daemon=True) for r in range(2)]
+    procs = [ctx.Process(target=_rank, args=(r, store, q, start), daemon=True) for r in range(2)]
     for p in procs:
         p.start()
     try:

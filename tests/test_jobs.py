@@ -43,7 +43,7 @@ def test_train_job_submitted_to_a_local_head(job_head, tmp_path):
     deadline = time.monotonic() + 300
     status = client.get_job_status(job)
     while status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED} and time.monotonic() < deadline:
-        time.sleep(2)
+        time.sleep(0.5)
         status = client.get_job_status(job)
     logs = client.get_job_logs(job)
     if status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
@@ -62,8 +62,9 @@ def test_train_job_submitted_to_a_local_head(job_head, tmp_path):
 @pytest.mark.timeout(480)
 def test_three_concurrent_search_jobs_do_not_interfere(job_head, tmp_path):
     """Load: 3 searches of the same name submitted at once to one 2-CPU head all finish every trial, each in
-    its own run folder; their trials queue for the CPUs (never more than 2 alive at once, by each trial
-    process's monotonic clock: one clock per machine), and none fails for want of one."""
+    its own run folder; their trials (one each: 3 wanting the 2 CPUs at once) queue for the CPUs (never more than
+    2 alive at once, by each trial process's monotonic clock: one clock per machine), and none fails for want of
+    one."""
     import yaml
     from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -74,7 +75,7 @@ def test_three_concurrent_search_jobs_do_not_interfere(job_head, tmp_path):
         spec = {"name": "load", "seed": k, "data": {"dataset": "digits"}, "model": {"name": "mlp", "width": 0.5},
                 "train": {"batch_size": 64, "precision": "fp32", "optimizer": {"name": "sgd", "lr": 0.05}},
                 "output": str(tmp_path / "runs"),
-                "search": {"samples": 1, "space": {"train.optimizer.lr": {"grid": [0.03, 0.1]}}, "max_concurrent": 1,
+                "search": {"samples": 1, "space": {"train.optimizer.lr": {"grid": [0.1]}}, "max_concurrent": 1,
                            "asha": {"max_t": 1, "grace_period": 1}, "trial": {"workers": 1}}}
         path = tmp_path / f"load{k}.yaml"
         path.write_text(yaml.safe_dump(spec))
@@ -83,7 +84,7 @@ def test_three_concurrent_search_jobs_do_not_interfere(job_head, tmp_path):
     deadline = time.monotonic() + 420
     final = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
     while time.monotonic() < deadline and not all(client.get_job_status(j) in final for j in jobs.values()):
-        time.sleep(1)
+        time.sleep(0.5)
     statuses = {k: client.get_job_status(j) for k, j in jobs.items()}
     for k, j in jobs.items():
         if statuses[k] not in final:
@@ -95,7 +96,7 @@ def test_three_concurrent_search_jobs_do_not_interfere(job_head, tmp_path):
     spans = []
     for d in dirs:
         trials = json.loads(d.read_text())["trials"]
-        assert [t["status"] for t in trials] == ["completed", "completed"], trials
+        assert [t["status"] for t in trials] == ["completed"], trials
         spans += [(t["history"][0]["trial_started_mono"], max(h["reported_mono"] for h in t["history"]))
                   for t in trials]
     alive = [sum(a <= t < b for a, b in spans) for t, _ in spans]  # trials alive when each one started

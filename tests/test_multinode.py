@@ -140,19 +140,24 @@ def test_local_output_is_refused_on_two_real_nodes(cluster, node2, tmp_path, sta
     exp = {"name": "local", "data": {"dataset": "digits"}, "model": {"name": "mlp", "width": 0.5},
            "train": {"epochs": 1, "batch_size": 64, "precision": "fp32"}, "parallel": {"workers": [1, 2]},
            "output": str(tmp_path / "runs")}
-    r = run_cli([sys.executable, "-m", "raytrain", "train", str(write_yaml(tmp_path / "e.yaml", exp))], timeout=240,
-                env=cluster.env, cwd=tmp_path)
-    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-3000:]
-    line = f"output {tmp_path / 'runs'}: a local path on a multi-node cluster (each node has its own disk)"
-    assert [ln for ln in r.stderr.splitlines() if ln.startswith("raytrain:")] == [
-        f"raytrain: {line}; use s3://... or gs://..., or a path every node mounts with output_shared: true"], r.stderr
-    assert "Traceback" not in r.stderr and not (tmp_path / "runs" / "local").exists()  # no run folder
+    write_yaml(tmp_path / "local.yaml", exp)
     # an elastic range needs its minimum: 3 one-CPU workers never fit the two one-CPU nodes
-    exp.update(parallel={"workers": [3, 4]}, train={**exp["train"], "batch_size": 60})
-    r = run_cli([sys.executable, "-m", "raytrain", "train", str(write_yaml(tmp_path / "e.yaml", exp))], timeout=240,
-                env=cluster.env, cwd=tmp_path)
-    assert r.returncode == 2 and "raytrain: parallel.workers x parallel.cpus_per_worker: 3 worker(s) (the minimum of " \
-        "parallel.workers) need 3 CPU but the cluster has 2" in r.stderr, r.stderr[-2000:]
+    write_yaml(tmp_path / "range.yaml", {**exp, "parallel": {"workers": [3, 4]},
+                                         "train": {**exp["train"], "batch_size": 60}})
+    # Both `raytrain train` commands in one process (the CLI's `main`, each connecting to the cluster and
+    # disconnecting), their exit codes on stdout and their error output apart.
+    script = ("import sys\nfrom raytrain.cli import main\n"
+              "codes = [main(['train', 'local.yaml'])]\nprint('=== next', file=sys.stderr, flush=True)\n"
+              "codes.append(main(['train', 'range.yaml']))\nprint('codes', *codes)\n")
+    r = run_cli([sys.executable, "-c", script], timeout=240, env=cluster.env, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.splitlines()[-1] == "codes 2 2", r.stdout[-2000:] + r.stderr[-3000:]
+    local, ranged = r.stderr.split("=== next\n")
+    line = f"output {tmp_path / 'runs'}: a local path on a multi-node cluster (each node has its own disk)"
+    assert [ln for ln in local.splitlines() if ln.startswith("raytrain:")] == [
+        f"raytrain: {line}; use s3://... or gs://..., or a path every node mounts with output_shared: true"], local
+    assert "Traceback" not in r.stderr and not (tmp_path / "runs" / "local").exists()  # no run folder
+    assert "raytrain: parallel.workers x parallel.cpus_per_worker: 3 worker(s) (the minimum of " \
+        "parallel.workers) need 3 CPU but the cluster has 2" in ranged, ranged[-2000:]
 
 
 @pytest.mark.slow

@@ -44,6 +44,22 @@ def _pipeline_step(name, schedule, stages, microbatches, lr):
     return loss, grads, after
 
 
+def _pipeline_steps(cases):
+    """`_pipeline_step` for each case in turn, in one process group: one spawn of the ranks serves every case."""
+    return [_pipeline_step(*case) for case in cases]
+
+
+TWO_RANK_CASES = [("mlp", "gpipe", 2, 2, 0.1), ("mlp", "1f1b", 2, 4, 0.1), ("mlp", "interleaved_1f1b", 2, 4, 0.1),
+                  ("vit", "gpipe", 2, 4, 0.1), ("resnet", "1f1b", 2, 4, 0.1)]
+
+
+@pytest.fixture(scope="module")
+def two_ranks():
+    """Every two-rank case's per-rank results, keyed by case (one spawn of 2 gloo ranks for all of them)."""
+    per_rank = run_ranks(_pipeline_steps, 2, TWO_RANK_CASES)
+    return {case: [rank[i] for rank in per_rank] for i, case in enumerate(TWO_RANK_CASES)}
+
+
 def _reference(name, lr, accumulate: int = 1):
     """Single process: mean loss over the batch (or gradient accumulation over `accumulate` chunks)."""
     X, Y = _batch()
@@ -73,18 +89,18 @@ def _check(results, ref, n=16):
 
 
 @pytest.mark.parametrize("schedule,microbatches", [("gpipe", 2), ("1f1b", 4), ("interleaved_1f1b", 4)])
-def test_two_stage_pipeline_matches_single_process(schedule, microbatches):
-    results = run_ranks(_pipeline_step, 2, "mlp", schedule, 2, microbatches, 0.1)
+def test_two_stage_pipeline_matches_single_process(two_ranks, schedule, microbatches):
+    results = two_ranks[("mlp", schedule, 2, microbatches, 0.1)]
     _check(results, _reference("mlp", 0.1))
 
 
-def test_vit_two_stages_gpipe_matches_single_process():
-    results = run_ranks(_pipeline_step, 2, "vit", "gpipe", 2, 4, 0.1)
+def test_vit_two_stages_gpipe_matches_single_process(two_ranks):
+    results = two_ranks[("vit", "gpipe", 2, 4, 0.1)]
     _check(results, _reference("vit", 0.1))
 
 
-def test_batchnorm_pipeline_matches_gradient_accumulation_not_full_batch():
-    results = run_ranks(_pipeline_step, 2, "resnet", "1f1b", 2, 4, 0.1)
+def test_batchnorm_pipeline_matches_gradient_accumulation_not_full_batch(two_ranks):
+    results = two_ranks[("resnet", "1f1b", 2, 4, 0.1)]
     accumulated = _reference("resnet", 0.1, accumulate=4)
     _check(results, accumulated)
     full = _reference("resnet", 0.1)

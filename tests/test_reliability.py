@@ -1,8 +1,8 @@
 """Reliability: faults survived, impossible requests refused fast, nothing lost. Real processes, no mocks:
 a SIGKILLed Train worker, a process killed mid-checkpoint-write, a torn latest checkpoint, resources no
-node has, a diverging trial in a search, and the security defaults of an embedded Ray.
-(Killed search driver -> --resume: tests/test_storage.py; bad inputs: tests/test_bad_input_battery.py;
-concurrent search jobs: tests/test_jobs.py.)"""
+node has, and the security defaults of an embedded Ray.
+(Killed search driver -> --resume: tests/test_storage.py; a diverging trial in a search ends alone: the search
+of tests/test_callbacks.py; bad inputs: tests/test_bad_input_battery.py; concurrent search jobs: tests/test_jobs.py.)"""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from raytrain import checkpoint as ckpt
-from helpers import armed, make_exp, metric_rows, run_cli, write_yaml
+from helpers import armed, make_exp, metric_rows
 from raytrain import driver
 from raytrain.errors import UserError
 
@@ -56,22 +56,17 @@ def test_worker_group_survives_an_error_then_a_kill_mid_checkpoint_and_trains_as
     the worker (SIGSTOP), and SIGKILLs it if the folder is still incomplete; if the copy finished in between, it
     lets the worker go on and waits for the next checkpoint. Ray Train restarts the group each time; it resumes
     from the latest complete checkpoint and redoes only the epoch that was cut. Every epoch's metrics are those of
-    the same seed trained uninterrupted on the path with no Ray (a one-worker CLI run in its own process): the
-    same examples in the same order, before and after each restart."""
+    the same seed trained uninterrupted on the path with no Ray (the driver's, `ray="none"`, as the CLI takes it
+    for a one-worker run; in this process, beside the session's Ray it does not use): the same examples in the
+    same order, before and after each restart."""
     import os
     import signal
     import threading
 
     # the uninterrupted reference, with no Ray (big_state trains as tiny does), its run out of the watcher's way
-    spec = write_yaml(tmp_path / "alone.yaml", {**exp_dict, "model": {"name": "usermodels:tiny"}, "output": str(
-        tmp_path / "alone"), "train": {**exp_dict["train"], "epochs": 3}})
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
-    r = run_cli([sys.executable, "-m", "raytrain", "train", str(spec), "--summary-json", str(tmp_path / "alone.json")],
-                timeout=240, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
-    alone = json.loads((tmp_path / "alone.json").read_text())
-    assert alone["ray"] == "none", alone["ray"]
+    alone = driver.run(make_exp(exp_dict, model__name="usermodels:tiny", output=str(tmp_path / "alone"),
+                                train__epochs=3), ray="none")
+    assert alone.status == "completed" and alone.ray == "none" and alone.mode == "in-process", alone
     pid_file, arm = tmp_path / "worker.pid", str(tmp_path / "raise-arm")
     exp = make_exp(exp_dict, model__name="usermodels:big_state", model__kwargs={"pid_file": str(pid_file), "arm": arm},
                    train__epochs=3, parallel__isolate=True, checkpoint__keep=3)
@@ -138,7 +133,7 @@ def test_worker_group_survives_an_error_then_a_kill_mid_checkpoint_and_trains_as
     with pytest.raises(ckpt.CheckpointError):
         ckpt.load_local(caught["dir"])
     assert _epochs(s.run_dir) == [1, 2, 3]
-    for x, y in zip(metric_rows(alone["run_dir"]), metric_rows(s.run_dir), strict=True):
+    for x, y in zip(metric_rows(alone.run_dir), metric_rows(s.run_dir), strict=True):
         for key in ("train_loss", "val_loss", "val_accuracy", "train_accuracy"):
             assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), (key, x["epoch"], x[key], y[key])
 
@@ -220,23 +215,6 @@ def test_search_with_resources_no_node_has_is_refused_fast(ray_local, tmp_path, 
     with pytest.raises(UserError, match=msg.replace("(", r"\(").replace(")", r"\)")):
         driver.run(load_spec(spec_path))
     assert not list((tmp_path / "runs").glob("r-search/*"))  # nothing created: no search folder
-
-
-@pytest.mark.slow
-def test_diverging_trial_ends_alone(ray_local, tmp_path):
-    from raytrain.tuner import driver
-    from raytrain.tuner.spec import load_spec
-
-    spec_path = tmp_path / "s.yaml"
-    spec_path.write_text(json.dumps({
-        "name": "d", "data": {"dataset": "digits"}, "model": {"name": "mlp", "width": 0.5}, "output": str(tmp_path / "runs"),
-        "train": {"batch_size": 64, "precision": "fp32", "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.0}},
-        "search": {"samples": 1, "space": {"train.optimizer.lr": {"grid": [0.05, 1.0e6]}}, "max_concurrent": 2,
-                   "asha": {"max_t": 2, "grace_period": 2}, "trial": {"workers": 1}}}))
-    summary = driver.run(load_spec(spec_path))
-    by_lr = {t["params"]["train.optimizer.lr"]: t for t in summary["trials"]}
-    assert by_lr[1.0e6]["status"] == "diverged" and by_lr[1.0e6]["epochs"] == 1  # stopped at its first epoch
-    assert by_lr[0.05]["status"] == "completed" and by_lr[0.05]["val_accuracy"] > 0.5
 
 
 def test_embedded_ray_dashboard_is_local_and_needs_the_token(tmp_path, starts_ray):

@@ -71,16 +71,16 @@ def test_report_reads_on_its_own_in_a_browser(tmp_path):
     (tmp_path / "search").mkdir()
     run = _search(tmp_path / "search")
     page = Path(report.write_report(str(run)))
+    shot = tmp_path / "report.png"
     browser = [_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1100,2400"]
-    dom = subprocess.run([*browser, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    text = dom.stdout
+    # one browser start for both: the DOM (on stdout) and the screenshot
+    done = subprocess.run([*browser, "--dump-dom", f"--screenshot={shot}", page.as_uri()], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and shot.exists(), done.stderr[-2000:]
+    text = done.stdout
     assert "Every accuracy here is measured on the validation split (10% of digits held out (data.val_fraction))" in text
     for i, label in enumerate(LABELS, 1):
         assert f'<td class="n">trial {i}</td><td>{label}</td>' in text, text
-    shot = tmp_path / "report.png"
-    done = subprocess.run([*browser, f"--screenshot={shot}", page.as_uri()], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and shot.exists(), done.stderr[-2000:]
     hsv = np.asarray(Image.open(shot).convert("HSV"))
     saturated = int(((hsv[..., 1] > 120) & (hsv[..., 2] > 60)).sum())  # pixels in the trials' colors
     assert saturated > 2000, saturated

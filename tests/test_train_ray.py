@@ -45,7 +45,9 @@ def test_user_project_parquet_and_model_from_the_launch_directory(tmp_path, star
     """A user's own directory: their Parquet (other column names) and their model module beside it, trained
     with the installed `raytrain` console script on an embedded Ray; the driver and both workers import
     the model from the launch directory. Two DDP workers learn; every epoch is a row and a checkpoint, and only
-    `checkpoint.keep` of them stay."""
+    `checkpoint.keep` of them stay. The same run structures-prunes its (convolutional) model mid-training, gradually
+    over epochs 2-3: the DDP ranks stay identical, and the model really gets smaller (this run is the structured
+    pruning under DDP test: one worker group serves both)."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -53,11 +55,14 @@ def test_user_project_parquet_and_model_from_the_launch_directory(tmp_path, star
     pq.write_table(table, tmp_path / "digits.parquet")
     (tmp_path / "my_models.py").write_text(
         "from torch import nn\n\n\ndef small(in_shape, num_classes):\n"
-        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, num_classes))\n")
+        "    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),\n"
+        "                         nn.ReLU(), nn.Flatten(), nn.Linear(16 * 64, num_classes))\n")
+    dense = 16 * 9 + 16 + 16 * 16 * 9 + 16 + 16 * 64 * 10 + 10  # the user's model's parameters before pruning
     exp = {"name": "mine", "seed": 0, "data": {"dataset": "parquet", "path": "digits.parquet", "features": "pixels",
                                                "label": "target", "shape": [1, 8, 8]},
            "model": {"name": "my_models:small"}, "output": "runs", "parallel": {"workers": 2},
            "checkpoint": {"every_epochs": 1, "keep": 2},
+           "pruning": {"method": "structured", "ratio": 0.5, "schedule": "gradual", "start_epoch": 1, "end_epoch": 2},
            "train": {"epochs": 3, "batch_size": 64, "precision": "fp32", "optimizer": {"name": "sgd", "lr": 0.1}}}
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
     cli = Path(sys.executable).parent / "raytrain"
@@ -74,6 +79,9 @@ def test_user_project_parquet_and_model_from_the_launch_directory(tmp_path, star
     result = json.loads((run_dir / "result.json").read_text())
     assert result["status"] == "completed" and result["final"]["val_accuracy"] > 0.7, result["final"]
     assert result["mode"] == "worker-group" and result["final"]["epoch"] == 3
+    final = result["final"]  # structured pruning under DDP: every rank holds the same pruned weights
+    assert final["pruned_ratio"] == 0.5 and final["rank_weight_spread"] == 0.0
+    assert final["params_total"] < 0.6 * dense
     rows = metric_rows(run_dir)
     assert [r["epoch"] for r in rows] == [1, 2, 3] and all("checkpoint" in r for r in rows)
     assert len([c for c in (run_dir / "train").glob("checkpoint_*") if c.is_dir()]) == 2

@@ -1,8 +1,9 @@
 """Models you can use after training, with plain torch and pyarrow (no Ray): load_model, export (a state_dict and
 a torch.export program that loads without raytrain), evaluate, predict; and a resumed run keeps its own model.
 
-The runs are real: the cheapest `raytrain train` (digits, one worker) once per module, one of them structurally
-pruned, one on an ImageFolder tree of PNGs (class names from the folders)."""
+The runs are real: the cheapest training (digits, one worker, in this process through `raytrain.train`, the run
+folder the CLI's) once per module, one of them structurally pruned, one on an ImageFolder tree of PNGs (class names
+from the folders)."""
 
 from __future__ import annotations
 
@@ -35,16 +36,14 @@ def _env(pythonpath: bool = True) -> dict:
     return {**env, "PYTHONPATH": str(TESTS)} if pythonpath else env
 
 
-def _train(base: Path, *sets: str, cwd: Path | None = None) -> Path:
-    """`raytrain train experiments/digits-cnn.yaml` on one worker in fp32, with `sets`; its run folder."""
-    summary = base / f"summary-{len(list(base.glob('summary-*')))}.json"
-    args = [str(CLI), "train", str(DIGITS), "--summary-json", str(summary)]
-    for s in ("parallel.workers=1", "train.precision=fp32", "train.schedule.warmup_epochs=0", f"output={base / 'runs'}",
-              *sets):
-        args += ["--set", s]
-    proc = subprocess.run(args, cwd=cwd or base, env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return Path(json.loads(summary.read_text())["run_dir"])
+def _train(base: Path, *sets: str) -> Path:
+    """experiments/digits-cnn.yaml on one worker in fp32, with `sets` (as `--set`), trained by `raytrain.train` in
+    this process (no Ray: one worker); its run folder."""
+    exp = raytrain.load_experiment(DIGITS, ["parallel.workers=1", "train.precision=fp32",
+                                            "train.schedule.warmup_epochs=0", f"output={base / 'runs'}", *sets])
+    result = raytrain.train(exp)
+    assert result.status == "completed" and result.mode == "in-process", result
+    return Path(result.run_dir)
 
 
 def _tree(root: Path) -> Path:

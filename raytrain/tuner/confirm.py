@@ -183,14 +183,16 @@ class Reserve:
     """What the confirmation of the search's current top_k is projected to cost, so that the search's budget
     stops admitting trials early enough for it: per finalist, its trial's wall time (first entry to last report)
     and epochs, scaled to all `asha.max_t` epochs where it stopped short of the target (a confirmation run is not
-    stopped by ASHA), times the seeds, over the trials run at once; a finalist not yet known costs as much as the
-    costliest known one. An estimate: confirmation runs build their data anew for each seed, and take no rung
-    evaluations; what the confirmation really spent is reported beside the budget (search.json's budget_note)."""
+    stopped by ASHA), plus the most any trial spent outside its training (process start, data build, shutdown:
+    a confirmation run on a fresh seed builds its data anew, as the search's first trial did), times the seeds,
+    over the trials run at once; a finalist not yet known costs as much as the costliest known one. What the
+    confirmation really spent is reported beside the budget (search.json's budget_note)."""
 
     def __init__(self, s: SearchConfig, concurrent: int):
         self.search, self.concurrent = s, max(1, concurrent)
         self.last: dict[str, dict] = {}  # trial id -> the numbers of its last report
         self.done: set[str] = set()  # finished properly (not errored)
+        self.overhead = 0.0  # the most seconds a finished trial spent from admission to completion beyond its span
 
     def observe(self, trial_id: str, result: Optional[dict]) -> None:
         if result:
@@ -198,11 +200,14 @@ class Reserve:
                     "reported_mono", self.search.objective.metric)
             self.last[trial_id] = {k: result.get(k) for k in keep}
 
-    def complete(self, trial_id: str, error: bool) -> None:
+    def complete(self, trial_id: str, error: bool, lifetime_s: Optional[float] = None) -> None:
+        """`lifetime_s`: seconds from the trial's admission to its completion, on the driver's clock."""
         if error:
             self.last.pop(trial_id, None)
         elif trial_id in self.last:
             self.done.add(trial_id)
+            if lifetime_s is not None:
+                self.overhead = max(getattr(self, "overhead", 0.0), lifetime_s - _span(self.last[trial_id]))
 
     def _ended(self, trial_id: str) -> bool:
         """Finished, or its last report is its last (its own stop, or the target reached): Tune may ask for the
@@ -217,14 +222,18 @@ class Reserve:
         c = self.search.confirm
         rows = [{**r, "trial_id": t, "status": r.get("stop_reason") or "ok"} for t, r in self.last.items() if self._ended(t)]
         top = [r for r in rank(rows, self.search) if not str(r["status"]).startswith(finalists.FAILED)][:c.top_k]
-        costs = []
+        costs, overhead = [], getattr(self, "overhead", 0.0)  # state saved before it was counted: none
         for r in top:
-            span = max(0.0, (r.get("reported_mono") or 0.0) - (r.get("trial_started_mono") or 0.0))
             trained = float(r.get("trained_epochs") or 0.0)
             reached = self.search.objective.time_to_target is not None and r.get("time_to_target_s") is not None
             scale = 1.0 if reached or trained <= 0 else self.search.asha.max_t / trained
-            costs.append((span * scale, trained * scale))
+            costs.append((_span(r) * scale + overhead, trained * scale))
         if not costs:
             return 0.0, 0.0
         costs += [max(costs)] * (c.top_k - len(costs))
         return c.seeds * sum(w for w, _ in costs) / self.concurrent, c.seeds * sum(e for _, e in costs)
+
+
+def _span(r: dict) -> float:
+    """A trial's seconds from entering its training to its last report (the trial process's own clock)."""
+    return max(0.0, (r.get("reported_mono") or 0.0) - (r.get("trial_started_mono") or 0.0))

@@ -142,6 +142,7 @@ class BudgetedSearch(BasicVariantGenerator):
         self.started, self.stopped_admitting = time.time(), None
         self.trained: dict[str, float] = {}  # trial id -> the most epochs it trained (fractions at rungs on seconds)
         self.spent_wall_s = 0.0  # as of the last save: a resumed search does not count the time it was down
+        self.created: dict[str, float] = {}  # trial id -> when it was admitted (this driver's clock)
 
     @property
     def spent_trial_epochs(self) -> float:
@@ -163,7 +164,8 @@ class BudgetedSearch(BasicVariantGenerator):
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
         self._count(trial_id, result)  # the report ASHA stopped a trial at comes here, not to on_trial_result
         if self.reserve is not None:
-            self.reserve.complete(trial_id, error)
+            admitted = self.__dict__.setdefault("created", {}).pop(trial_id, None)
+            self.reserve.complete(trial_id, error, None if admitted is None else time.monotonic() - admitted)
         super().on_trial_complete(trial_id, result=result, error=error)
 
     def _count(self, trial_id: str, result) -> None:
@@ -178,7 +180,10 @@ class BudgetedSearch(BasicVariantGenerator):
         if reason and not self.is_finished():
             self.stopped_admitting = reason
             self.set_finished()
-        return super().next_trial()
+        trial = super().next_trial()
+        if trial is not None:
+            self.__dict__.setdefault("created", {})[trial.trial_id] = time.monotonic()
+        return trial
 
     def _spent(self):
         wall, epochs = self.reserve.estimate() if self.reserve is not None else (0.0, 0.0)
