@@ -148,3 +148,19 @@ def load(name: str):
         if p.is_file():
             return json.loads(p.read_text())
     return None
+
+
+def moto_s3(bucket: str):
+    """An S3 API server (moto) on loopback with `bucket` created, and this process's environment pointed at it;
+    returns (server, env): the env for child processes, the server to `.stop()`."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_EC2_METADATA_DISABLED": "true"}
+    os.environ.update(env)
+    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket=bucket)
+    return server, env

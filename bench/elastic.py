@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import OUT, ROOT, experiment, median, rows_of
+from bench.common import moto_s3, OUT, ROOT, experiment, median, rows_of
 
 sys.path.insert(0, str(ROOT / "tests"))  # the test suite's Ray node helpers: one way to start a node here
 
@@ -37,17 +37,7 @@ DATA = {"dataset": "digits", "upscale": 2}
 
 
 def _moto() -> tuple[object, dict]:
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_EC2_METADATA_DISABLED": "true"}
-    os.environ.update(env)
-    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket="raytrain-elastic")
-    return server, env
+    return moto_s3("raytrain-elastic")
 
 
 def _epoch_s(output: str, every: int | None) -> tuple[float, dict, int]:

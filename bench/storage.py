@@ -4,9 +4,8 @@ wall time is the gap between consecutive epoch reports, so it includes writing e
 
 from __future__ import annotations
 
-import os
 
-from bench.common import OUT, experiment, median, rows_of, steady
+from bench.common import moto_s3, OUT, experiment, median, rows_of, steady
 
 EXP = {"model__name": "resnet", "model__width": 2.0, "train__epochs": 5, "train__batch_size": 128,
        "train__optimizer": {"name": "adamw", "lr": 0.005}, "parallel__cpus_per_worker": 2}
@@ -26,18 +25,9 @@ def _run(output: str) -> dict:
 
 
 def run() -> dict:
-    import boto3
-    from moto.server import ThreadedMotoServer
-
     from raytrain import runtime
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_EC2_METADATA_DISABLED": "true"}
-    os.environ.update(env)
-    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket="raytrain-bench")
+    server, _ = moto_s3("raytrain-bench")
     try:
         with runtime.ray_session(num_cpus=2):
             local, s3 = [], []
