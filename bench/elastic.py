@@ -40,35 +40,38 @@ def _moto() -> tuple[object, dict]:
     return moto_s3("raytrain-elastic")
 
 
-def _epoch_s(output: str, every: int | None) -> tuple[float, dict, int]:
+DIGITS_TASK = {"data": DATA, "train__epochs": EPOCHS}
+
+
+def _epoch_s(output: str, every: int | None, task: dict) -> tuple[float, dict, int]:
     """(median epoch time after the first, the last row, steps per epoch) of a one-worker run with no Ray."""
     from raytrain import driver
 
-    s = driver.run(experiment(output=output, data=DATA, train__epochs=EPOCHS, checkpoint__every_steps=every),
-                   ray="none")
+    s = driver.run(experiment(output=output, checkpoint__every_steps=every, **task), ray="none")
     rows = rows_of(s)
     return median([r["epoch_s"] for r in rows[1:]]), rows[-1], -(-s.splits["train"]["examples"] // BATCH)
 
 
-def overhead() -> dict:
-    """What one step checkpoint adds to training, from a run checkpointing at every step against one with epoch
-    checkpoints only (encode, collectives, write, metrics row: all of it, not the write alone); K, the smallest
-    interval at which that is <= 5% of the steps between two; then epoch time at K against no step checkpoints,
-    measured before and after (the median of both), on local disk and on the S3 API server."""
+def overhead(task: dict = DIGITS_TASK, probe: int = 1) -> dict:
+    """What one step checkpoint adds to training, from a run checkpointing every `probe` steps against one with
+    epoch checkpoints only (encode, collectives, write, metrics row: all of it, not the write alone); K, the
+    smallest interval at which that is <= 5% of the steps between two; then epoch time at K against no step
+    checkpoints, measured before and after (the median of both), on local disk and on the S3 API server."""
     server, _ = _moto()
     try:
         out = {}
         for where, output in (("local", str(OUT)), ("s3", "s3://raytrain-elastic/runs")):
-            base1, last, steps = _epoch_s(output, None)
+            base1, last, steps = _epoch_s(output, None, task)
             step_s = last["step_ms"] / 1000
-            each, _, _ = _epoch_s(output, 1)
-            per_checkpoint_s = max(0.0, (each - base1) / max(1, steps - 1))  # the epoch's last is the epoch's own
+            each, _, _ = _epoch_s(output, probe, task)
+            inside = steps // probe - (steps % probe == 0)  # step checkpoints inside an epoch (not its own)
+            per_checkpoint_s = max(0.0, (each - base1) / max(1, inside))
             every = max(1, int(-(-per_checkpoint_s // (0.05 * step_s))))
-            stepped, _, _ = _epoch_s(output, every)
-            base2, _, _ = _epoch_s(output, None)
+            stepped, _, _ = _epoch_s(output, every, task)
+            base2, _, _ = _epoch_s(output, None, task)
             base = median([base1, base2])
             out[where] = {"epoch_s": base, "epoch_s_runs": [base1, base2], "epoch_s_step_checkpoints": stepped,
-                          "epoch_s_every_step": each, "steps_per_epoch": steps, "every_steps": every,
+                          f"epoch_s_every_{probe}_steps": each, "steps_per_epoch": steps, "every_steps": every,
                           "step_checkpoint_s": per_checkpoint_s, "step_s": step_s, "overhead": stepped / base - 1,
                           "note": "" if every < steps else "K >= steps per epoch: no step checkpoint inside an epoch"}
         return out

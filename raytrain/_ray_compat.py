@@ -177,3 +177,25 @@ def dashboard_address():
     from ray._private import worker
 
     return getattr(getattr(worker, "_global_node", None), "webui_url", None) or None
+
+
+def whole_groups_trainer(trainer_cls, multiple: int):
+    """`trainer_cls` (a Train V2 trainer) whose elastic group starts and resizes only to multiples of `multiple`
+    workers (whole pipelines). Ray 2.60 has this rule for TPU slices only (`ElasticScalingPolicy` rounds its
+    count of workers that fit down to whole slices); Train builds its policy inside `fit()`
+    (`create_scaling_policy`), so the subclass hands the controller its own, rounding the same count down."""
+    from ray.train.v2._internal.execution.scaling_policy import ElasticScalingPolicy
+
+    class WholeGroups(ElasticScalingPolicy):
+        def _count_possible_workers(self, reserved_resources) -> int:
+            n = super()._count_possible_workers(reserved_resources)
+            return n - n % multiple
+
+    class Trainer(trainer_cls):
+        def _initialize_and_run_controller(self, **controller_init_kwargs):
+            controller_init_kwargs["scaling_policy"] = WholeGroups(self.scaling_config)
+            return super()._initialize_and_run_controller(**controller_init_kwargs)
+
+    Trainer.__name__ = Trainer.__qualname__ = trainer_cls.__name__
+    Trainer.scaling_policy = WholeGroups  # what the controller gets (tests/test_elastic.py reads its count)
+    return Trainer

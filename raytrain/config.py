@@ -201,6 +201,6 @@ class Experiment(Strict):
 
     @property
     def per_worker_batch(self) -> int:
-        """Rows per step of one data-parallel replica (a whole pipeline group counts as one)."""
+        """Rows per step of one data-parallel replica (a whole pipeline group counts as one) at full size."""
         return self.train.batch_size // self.parallel.dp
 

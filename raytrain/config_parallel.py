@@ -101,8 +101,9 @@ class ParallelConfig(WorkerResources):
 
     @property
     def world_sizes(self) -> range:
-        """Every world size an elastic group may train at (one, for a fixed `workers`)."""
-        return range(self.min_workers, self.max_workers + 1)
+        """Every world size an elastic group may train at (one, for a fixed `workers`); pipelined, whole
+        pipelines only (multiples of the stages: Ray Train is asked for no other size)."""
+        return range(self.min_workers, self.max_workers + 1, self.pipeline.stages)
 
     @property
     def dp(self) -> int:
@@ -123,16 +124,21 @@ def check_elastic(exp: "Experiment") -> None:
 
 
 def check_pipeline(exp: "Experiment") -> None:
-    """Pipeline settings that would fail (or hang one stage) at run time, refused up front."""
+    """Pipeline settings that would fail (or hang one stage) at run time, refused up front. An elastic range
+    grows and shrinks the data-parallel degree only: whole pipelines, each degree splitting the global batch into
+    equal micro-batches (so the learning curve does not depend on how many pipelines are alive)."""
     t, par, pp = exp.train, exp.parallel, exp.parallel.pipeline
-    if par.elastic:  # each pipeline mode step is sized by parallel.workers, not by the group's world size
-        raise ValueError(f"parallel.workers {list(par.workers)}: an elastic range is not supported with "
-                         "parallel.pipeline yet; give a fixed number of workers")
-    if par.workers % pp.stages:
+    if par.elastic and (par.min_workers % pp.stages or par.max_workers % pp.stages):
+        raise ValueError(f"parallel.workers {list(par.workers)} with parallel.pipeline.stages {pp.stages}: an elastic "
+                         f"pipeline grows and shrinks by whole pipelines; make min and max multiples of {pp.stages} "
+                         f"(e.g. [{pp.stages}, {max(2, par.max_workers // pp.stages) * pp.stages}])")
+    if not par.elastic and par.workers % pp.stages:
         raise ValueError(f"parallel.workers {par.workers} must be divisible by parallel.pipeline.stages {pp.stages}")
-    if t.batch_size % (par.dp * pp.microbatches):
-        raise ValueError(f"train.batch_size {t.batch_size} must be divisible by data-parallel degree {par.dp} x "
-                         f"parallel.pipeline.microbatches {pp.microbatches}")
+    for dp in (w // pp.stages for w in par.world_sizes):
+        if t.batch_size % (dp * pp.microbatches):
+            raise ValueError(f"train.batch_size {t.batch_size} must be divisible by data-parallel degree {dp} x "
+                             f"parallel.pipeline.microbatches {pp.microbatches}"
+                             + (f" (every degree of parallel.workers {list(par.workers)})" if par.elastic else ""))
     if pp.schedule != "gpipe" and pp.microbatches < pp.stages:
         raise ValueError(f"parallel.pipeline.microbatches {pp.microbatches} must be >= stages {pp.stages} "
                          f"for {pp.schedule}")

@@ -36,7 +36,10 @@ def build_trainer(exp: Experiment, plan: RunPlan, ingest: Ingest, storage_root: 
     par = exp.parallel
     path, fs = storage_root.for_ray()
     timeout = COMPILE_COLLECTIVE_TIMEOUT_S if exp.train.compile else COLLECTIVE_TIMEOUT_S
-    return TorchTrainer(
+    stages = par.pipeline.stages
+    # an elastic pipeline grows and shrinks by whole pipelines (its data-parallel degree only)
+    trainer = _ray_compat.whole_groups_trainer(TorchTrainer, stages) if par.elastic and stages > 1 else TorchTrainer
+    return trainer(
         train_loop_per_worker,
         train_loop_config={"plan": plan.to_json(), "model_factory": factory, "callbacks": list(loop_callbacks or [])},
         torch_config=TorchConfig(backend="nccl" if par.use_gpu else "gloo", timeout_s=timeout),

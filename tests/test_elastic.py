@@ -135,11 +135,45 @@ def test_a_range_that_cannot_split_the_global_batch_is_refused_in_one_line(exp_d
         make_exp(exp_dict, parallel__workers=[2, 4], train__batch_size=64)
     with pytest.raises(UserError, match=r"parallel\.workers: \[min, max\] needs min <= max"):
         make_exp(exp_dict, parallel__workers=[3, 2])
-    with pytest.raises(UserError, match=r"parallel\.workers \[2, 4\]: an elastic range is not supported with "
-                                        r"parallel\.pipeline"):
-        make_exp(exp_dict, parallel__workers=[2, 4], train__batch_size=96, parallel__pipeline__stages=2)
     exp = make_exp(exp_dict, parallel__workers=[2, 2])  # a range of one size is that fixed size
     assert exp.parallel.workers == 2 and not exp.parallel.elastic
+
+
+def test_an_elastic_pipeline_ranges_over_whole_pipelines_and_every_degree_splits_the_batch(exp_dict):
+    """Pipelines are elastic in their data-parallel degree only: [min, max] in whole pipelines, and every degree
+    of the range cuts the global batch into equal micro-batches (refused in one line otherwise)."""
+    pipe = {"stages": 2, "microbatches": 4, "schedule": "1f1b"}
+    exp = make_exp(exp_dict, parallel__workers=[2, 6], parallel__pipeline=pipe, train__batch_size=96)
+    assert list(exp.parallel.world_sizes) == [2, 4, 6]  # one, two or three pipelines; never 3 or 5 workers
+    with pytest.raises(UserError, match=r"^[^\n]*parallel\.workers \[3, 6\] with parallel\.pipeline\.stages 2: an "
+                                        r"elastic pipeline grows and shrinks by whole pipelines; make min and max "
+                                        r"multiples of 2 \(e\.g\. \[2, 6\]\)$"):
+        make_exp(exp_dict, parallel__workers=[3, 6], parallel__pipeline=pipe, train__batch_size=96)
+    # 64 splits into 4 micro-batches for one pipeline and for two (8 x 8), not for three
+    make_exp(exp_dict, parallel__workers=[2, 4], parallel__pipeline=pipe, train__batch_size=64)
+    with pytest.raises(UserError, match=r"^[^\n]*train\.batch_size 64 must be divisible by data-parallel degree 3 x "
+                                        r"parallel\.pipeline\.microbatches 4 \(every degree of parallel\.workers "
+                                        r"\[2, 6\]\)$"):
+        make_exp(exp_dict, parallel__workers=[2, 6], parallel__pipeline=pipe, train__batch_size=64)
+
+
+def test_ray_train_is_asked_for_whole_pipelines_only():
+    """Ray Train's elastic policy counts the workers that fit in the cluster's reserved resources; an elastic
+    pipeline's trainer rounds that count down to whole pipelines (a group of 3 two-stage workers could not form
+    a mesh), and a fixed or DDP group keeps Ray's own policy."""
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from raytrain import _ray_compat
+
+    trainer = _ray_compat.whole_groups_trainer(TorchTrainer, 2)
+    assert issubclass(trainer, TorchTrainer)
+    policy = trainer.scaling_policy(ScalingConfig(num_workers=(2, 6), resources_per_worker={"CPU": 1}))
+    nodes = {"head": {"CPU": 2.0}, "spot-1": {"CPU": 1.0}}  # 3 workers fit
+    assert policy._count_possible_workers(nodes) == 2
+    assert policy._count_possible_workers({**nodes, "spot-2": {"CPU": 1.0}}) == 4
+    assert policy._count_possible_workers({"head": {"CPU": 1.0}}) == 0  # below one pipeline: Ray Train waits
+    assert policy._count_possible_workers({"head": {"CPU": 9.0}}) == 6  # capped at max
 
 
 def test_clusters_fit_understands_a_range(capsys, tmp_path):

@@ -41,7 +41,8 @@ def test_failing_stage_ends_the_run_then_stage_checkpoints_resume_and_export(ray
     """A stage that raises mid-epoch 3, with parallel.max_failures 0, fails the run (no hang) naming the stage and
     the error; the run's two checkpoints hold one shard per stage. One stage's shard of the newest torn: export
     falls back to the previous checkpoint, and on resume both stages agree on that one (epoch 2 redone by every
-    stage, not by one of them), then go on. The export is an ordinary, unsplit state_dict."""
+    stage, not by one of them), then go on, resumed as an elastic range. The export is an ordinary, unsplit
+    state_dict."""
     arm = tmp_path / "boom"
     arm.touch()
     # block "3" (the last stage's first, cut there) raises on its 240th micro-batch (mid-epoch 3) while `arm` exists
@@ -63,12 +64,16 @@ def test_failing_stage_ends_the_run_then_stage_checkpoints_resume_and_export(ray
     with pytest.warns(UserWarning, match="stage_1.pt: checksum mismatch"):
         assert main(["export", str(run_dir), "--out", str(tmp_path / "previous.pt")]) == 0
     assert f"from {previous}" in capsys.readouterr().out
-    second = driver.run(_exp(exp_dict, train__epochs=3, **failing), resume=run_dir)
+    # resumed as an elastic pipeline [2, 4]: the session's 2 CPUs fit one whole pipeline (Ray Train is asked for
+    # whole pipelines only), which takes the whole global batch, so epoch 2 is redone exactly as it first ran
+    second = driver.run(_exp(exp_dict, train__epochs=3, parallel__workers=[2, 4], **failing), resume=run_dir)
     assert second.status == "completed", second
     rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 2, 3]  # resumed after epoch 1, not from scratch
+    for key in ("train_loss", "val_loss", "val_accuracy"):
+        assert rows[2][key] == pytest.approx(rows[1][key], rel=1e-5), key
     final = second.final
-    assert final["pipeline_stages"] == 2 and len(final["stage_params"]) == 2
+    assert final["pipeline_stages"] == 2 and final["data_parallel"] == 1 and len(final["stage_params"]) == 2
     assert sum(final["stage_params"]) == final["params_total"]
 
     out = tmp_path / "model.pt"

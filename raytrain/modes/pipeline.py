@@ -38,11 +38,14 @@ class Pipelined:
         device, pp = host.device, exp.parallel.pipeline
         precision = resolve_precision(exp.train.precision, device, pipeline=True)
         mesh = pl.make_mesh(pp.stages, device.type)
+        # Each pipeline's share of the global batch at this group's data-parallel degree (an elastic group's
+        # varies from one start to the next; the global batch, and so every step's examples, does not).
+        self.batch = exp.train.batch_size // mesh.dp
         model = model_from(exp.model, info.in_shape, info.num_classes, factory)
         if pl.has_batchnorm(model) and host.rank == 0:
             log.info("note: BatchNorm in a pipeline normalises each micro-batch on its own: this matches "
                      "gradient accumulation over the same micro-batches, not full-batch training")
-        example = torch.zeros(exp.per_worker_batch // pp.microbatches, *info.in_shape)
+        example = torch.zeros(self.batch // pp.microbatches, *info.in_shape)
         self.pipe = pl.build_pipeline(model, mesh, pp.schedule, pp.microbatches, device, example, pp.split,
                                       autocast(precision, device))
         del model  # parts of other stages are freed here: each rank keeps only its own shard
@@ -68,7 +71,7 @@ class Pipelined:
 
     def _batches(self, split: str, epoch: int = 0):
         """Group d's batches: d, d+dp, ... of one order shared by all groups (the same seed everywhere)."""
-        mesh, bs, seed = self.pipe.mesh, self.exp.per_worker_batch, self.exp.seed
+        mesh, bs, seed = self.pipe.mesh, self.batch, self.exp.seed
         if mesh.pp_rank != 0:
             return None
         train = split == "train"
@@ -101,7 +104,7 @@ class Pipelined:
         x = y = None
         if batch is not None:
             x, y = env.inputs(batch, train=True)
-        n, labels = pl.share_batch(self.pipe.mesh, y, self.exp.per_worker_batch, env.device)
+        n, labels = pl.share_batch(self.pipe.mesh, y, self.batch, env.device)
         s.optimizer.zero_grad(set_to_none=True)
         with autocast(env.precision, env.device):
             ls, c = self._step(x, labels, n, train=True)
@@ -113,7 +116,7 @@ class Pipelined:
 
     def evaluate(self, split: str = "val") -> EvalSums:
         """Forward-only over `split`; the last batch is padded to full size and masked."""
-        env, bs = self.env, self.exp.per_worker_batch
+        env, bs = self.env, self.batch
         batches = self._batches(split)
         self.pipe.train(False)
         loss_sum = correct = count = 0.0
