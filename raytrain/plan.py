@@ -27,6 +27,8 @@ class RunPlan:
     #                             says one line per event itself, as a search does for its trials; verbose shows all)
     step_checkpoints: bool = True  # checkpoint.every_steps applies (False: the caller restores at epoch ends
     #                                only, as Tune does a trial; each of a trial's reports is a result for ASHA)
+    report_may_end: bool = False  # the host's report may end the run inside it (Tune stops a trial there, as
+    #                               ASHA does most): callbacks write an epoch's numbers before it, not after
 
     def exp(self) -> Experiment:
         return Experiment.model_validate_json(self.experiment)

@@ -20,8 +20,8 @@ def scalars(record) -> dict[str, float]:
 def trial_folder(ctx) -> Optional[Location]:
     """A search trial's folder in the search's storage (the trial's loop has no run folder: `ctx.run_dir` is
     None there): Tune's own folder for the trial, beside Tune's TensorBoard and CSV logs, or a multi-worker
-    trial's <search>/trials/<id>. None outside a trial, or where Ray does not say."""
-    if ctx.plan.mode != "trial":
+    trial's <search>/trials/<id>. None outside a trial (a run has its folder), or where Ray does not say."""
+    if ctx.run_dir is not None:
         return None
     from raytrain import _ray_compat
 

@@ -107,18 +107,18 @@ class MLflow(Callback):
     def on_epoch_end(self, ctx, record) -> None:
         """In a search trial: Tune may end the trial inside its report (ASHA stops most trials there), so each
         epoch is logged here and the MLflow run ended FINISHED; the next epoch sets it running again."""
-        if ctx.plan.mode == "trial" and self._client is not None:
+        if ctx.plan.report_may_end and self._client is not None:
             self._log(record)
             self._client.set_terminated(self.run_id, status="FINISHED")
             self._ended = True
 
     def on_fit_end(self, ctx, record) -> None:
-        if ctx.plan.mode == "trial" and self._client is not None:
+        if ctx.plan.report_may_end and self._client is not None:
             self._log(record)  # the test split's numbers, read at the end
             self._finish(record, None)
 
     def on_report(self, ctx, record, checkpoint: Optional[str]) -> None:
-        if ctx.plan.mode == "trial" or self._client is None:
+        if ctx.plan.report_may_end or self._client is None:
             return
         self._log(record)
         if record.final:

@@ -79,16 +79,16 @@ class TensorBoard(Callback):
                                            session_log=SessionLog(status=SessionLog.START)))
 
     def on_epoch_end(self, ctx, record) -> None:
-        if ctx.plan.mode == "trial":  # Tune may end a trial inside its report: write before it
+        if ctx.plan.report_may_end:  # Tune may end a trial inside its report: write before it
             self._write(record, record.epoch)
 
     def on_fit_end(self, ctx, record) -> None:
-        if ctx.plan.mode == "trial":
+        if ctx.plan.report_may_end:
             self._write(record, record.epoch)
             self.close()
 
     def on_report(self, ctx, record, checkpoint) -> None:
-        if ctx.plan.mode != "trial":  # after the row is written: every number of it, other callbacks' included
+        if not ctx.plan.report_may_end:  # after the row is written: every number of it, other callbacks' included
             self._write(record, record.epoch)
             if record.final:
                 self.close()

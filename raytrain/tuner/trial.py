@@ -53,7 +53,8 @@ def run_trial(config: dict, raw: dict, search_json: str, source: str, run_uri: s
            exp.parallel.pipeline.stages > 1)
     ingest = _DATASETS.get(key, lambda: build(exp, prep.info, prep.source))
     plan = RunPlan(exp.model_dump_json(), prep.info.to_json(), steps_per_epoch(exp, prep.info), ingest.shards,
-                   launch_time=time.time(), mode="trial", console_lines=False, step_checkpoints=False)
+                   launch_time=time.time(), mode="trial", console_lines=False, step_checkpoints=False,
+                   report_may_end=True)
     rungs = spec.search.asha.rung_seconds()
     if spec.search.trial.in_trial:
         from raytrain.hosts import TuneHost
