@@ -17,10 +17,10 @@ demo: $(STAMP)
 	$(VENV)/bin/raytrain train experiments/digits-cnn.yaml
 
 test: $(STAMP)
-	$(PY) -m pytest -q -rs -m "not multinode_wip"
+	$(PY) -m pytest -q -rs -m "not multinode_slow"
 
 test-multinode: $(STAMP)  # issue 32's node kill / drain tests on real Ray nodes (minutes each)
-	$(PY) -m pytest -q -rs -m multinode_wip tests/test_multinode.py
+	$(PY) -m pytest -q -rs -m multinode_slow tests/test_multinode.py
 
 test-fast: $(STAMP)  # everything that starts no Ray: the inner loop while editing
 	$(PY) -m pytest -q -rs -m "not ray"

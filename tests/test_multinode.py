@@ -161,7 +161,7 @@ def test_local_output_is_refused_on_two_real_nodes(cluster, node2, tmp_path, sta
 
 
 @pytest.mark.slow
-@pytest.mark.multinode_wip
+@pytest.mark.multinode_slow
 def test_a_node_drained_with_a_deadline_checkpoints_before_it(cluster, node2, tmp_path, starts_ray):
     """`ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION --deadline-remaining-seconds 30` on the second node
     (epoch checkpoints only, so every step checkpoint is the drain's): the group checkpoints at the notice, trains
@@ -207,7 +207,7 @@ def test_a_node_drained_with_a_deadline_checkpoints_before_it(cluster, node2, tm
 
 
 @pytest.mark.slow
-@pytest.mark.multinode_wip
+@pytest.mark.multinode_slow
 def test_a_node_killed_mid_epoch_then_back_shrinks_and_grows_the_group(cluster, node2, tmp_path, starts_ray):
     """The second node's raylet (and all it started) SIGKILLed mid-epoch 1: the group restarts with the worker
     left, at the step after the newest step checkpoint (at most `every_steps` redone); a node started again joins
