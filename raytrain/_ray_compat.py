@@ -192,10 +192,11 @@ def whole_groups_trainer(trainer_cls, multiple: int):
             return n - n % multiple
 
     class Trainer(trainer_cls):
+        scaling_policy = WholeGroups  # what the controller gets (tests/test_elastic.py reads its count)
+
         def _initialize_and_run_controller(self, **controller_init_kwargs):
-            controller_init_kwargs["scaling_policy"] = WholeGroups(self.scaling_config)
+            controller_init_kwargs["scaling_policy"] = self.scaling_policy(self.scaling_config)
             return super()._initialize_and_run_controller(**controller_init_kwargs)
 
-    Trainer.__name__ = Trainer.__qualname__ = trainer_cls.__name__
-    Trainer.scaling_policy = WholeGroups  # what the controller gets (tests/test_elastic.py reads its count)
+    Trainer.__name__ = trainer_cls.__name__  # as Ray names the run's trainer (the class stays local: by value)
     return Trainer

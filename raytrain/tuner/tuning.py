@@ -164,6 +164,7 @@ class BudgetedSearch(BasicVariantGenerator):
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
         self._count(trial_id, result)  # the report ASHA stopped a trial at comes here, not to on_trial_result
         if self.reserve is not None:
+            # setdefault: a search resumed from state saved before admissions were timed has no `created`
             admitted = self.__dict__.setdefault("created", {}).pop(trial_id, None)
             self.reserve.complete(trial_id, error, None if admitted is None else time.monotonic() - admitted)
         super().on_trial_complete(trial_id, result=result, error=error)
