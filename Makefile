@@ -19,7 +19,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -rs -m "not multinode_slow"
 
-test-multinode: $(STAMP)  # issue 32's node kill / drain tests on real Ray nodes (minutes each)
+test-multinode: $(STAMP)  # issue 32's tests on two real Ray nodes (minutes of Ray's waits); CI runs them after make test
 	$(PY) -m pytest -q -rs -m multinode_slow tests/test_multinode.py
 
 test-fast: $(STAMP)  # everything that starts no Ray: the inner loop while editing

@@ -115,6 +115,7 @@ class Loop:
         self.noticed = None  # the host's notice, once one came
         self.drain: Optional[Drain] = None  # a drained node's group training on until its deadline
         self.times, self.eval_s = StepTimes(), None  # recent step seconds, the last evaluation's
+        self.step_checkpoint_s = 0.0  # this epoch's seconds in step checkpoints (reported: what they cost)
 
     def evaluate(self, split: str = "val") -> EvalSums:
         """`split`'s sums over every rank (each rank must call it)."""
@@ -174,6 +175,7 @@ class Loop:
         """A checkpoint inside epoch `epoch`, after `step` steps: the state plus where in the epoch it was (the
         step, the epoch's sums and training seconds so far), so a resume goes on at the next step. The epoch's
         order is not stored: it is a function of (seed, epoch) (`data.memory.epoch_order`)."""
+        t0 = time.perf_counter()
         sums = TrainSums(**collectives.reduce_sums(local.as_dict()))
         state = self.state
         state.position = {"epoch": epoch, "step": step, "sums": sums.as_dict(), "train_s": train_s}
@@ -184,6 +186,7 @@ class Loop:
         row = {"epoch": epoch + 1, "step": step, "step_checkpoint": True, "elapsed_s": state.elapsed_s + train_s,
                **({"stop_reason": self.ctx.stop_reason} if self.ctx.stop_now else {})}
         self.host.report(row, files)
+        self.step_checkpoint_s += time.perf_counter() - t0
         if self.host.rank == 0:
             line = f"checkpoint at epoch {epoch + 1} step {step}/{self.plan.steps_per_epoch}"
             line += f" ({note})" if note else ""
@@ -198,6 +201,7 @@ class Loop:
         carried = TrainSums(**pos["sums"]) if pos and self.host.rank == 0 else TrainSums()  # summed once, on rank 0
         carried_s = pos["train_s"] if pos else 0.0
         self.cbs.call("on_epoch_start", ctx, epoch)
+        self.step_checkpoint_s = 0.0
         t0 = time.perf_counter()
         new = mode.train_epoch(epoch, self.on_step(epoch, carried, carried_s), start_step=start)
         if ctx.stop_now:  # a notice: checkpointed at the step (or at the epoch's last one), and stopped
@@ -212,6 +216,7 @@ class Loop:
         state.elapsed_s += epoch_s
         state.epoch = epoch
         record = epoch_record(epoch, tr, va, train_s, epoch_s, self.host.world, state, mode.labels())
+        record.step_checkpoint_s = self.step_checkpoint_s
         if not (math.isfinite(record.train_loss) and math.isfinite(record.val_loss)):
             ctx.stop("diverged")
         self.cbs.call("on_epoch_end", ctx, record)

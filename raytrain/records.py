@@ -69,6 +69,7 @@ class EpochRecord:
     input_wait_s: float
     lr: float
     skipped_steps: int
+    step_checkpoint_s: float = 0.0  # of epoch_s, this attempt's step checkpoints (gather, encode, write): their cost
     final: bool = False
     stop_reason: Optional[str] = None
     test_loss: Optional[float] = None  # the test split, read once, at the final epoch

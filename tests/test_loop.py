@@ -271,3 +271,6 @@ def test_the_plan_declares_progress_and_step_checkpoints(exp_dict, no_ray, decla
     assert ("Progress" in seen.names) == declared, seen.names
     steps = [r["step"] for r in read_rows(run_dir, steps=True) if r.get("step_checkpoint")]
     assert steps == ([10, 20] if declared else []), steps
+    epoch_row = next(r for r in read_rows(run_dir) if not r.get("step_checkpoint"))  # what those two cost, or 0
+    assert (epoch_row["step_checkpoint_s"] > 0) == declared, epoch_row
+    assert epoch_row["step_checkpoint_s"] < epoch_row["epoch_s"]

@@ -133,6 +133,7 @@ def _first(rows: list[dict], **match) -> dict:
     return next(r for r in rows if all(r[k] == v for k, v in match.items()))
 
 
+@pytest.mark.multinode_slow
 def test_local_output_is_refused_on_two_real_nodes(cluster, node2, tmp_path, starts_ray):
     """The cluster really has two nodes (no RAYTRAIN_AUTOSCALING): a local `output` would scatter checkpoints
     over two disks, so it is refused in one line before any run folder exists; an elastic range whose minimum the
