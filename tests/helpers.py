@@ -37,12 +37,34 @@ def write_yaml(path: Path, data: dict) -> Path:
     return path
 
 
-def free_port() -> int:
+_HANDED_OUT: set[int] = set()  # every port free_ports gave this process: never given twice
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free loopback ports for servers a test starts. All `n` are bound at once before any is
+    released: one at a time, the kernel may hand the same port back twice (a head's client server and its
+    agent got one port, and `ray start` refused it). Nor is a port given twice in this process: the S3 port is
+    chosen at import but bound only when the first storage test starts the server."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    socks, ports = [], []
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            socks.append(s)
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            if port not in _HANDED_OUT:
+                ports.append(port)
+    finally:
+        for s in socks:
+            s.close()
+    _HANDED_OUT.update(ports)
+    return ports
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
 
 
 @contextlib.contextmanager
@@ -61,7 +83,8 @@ def head(tmp_path: Path, extra_args: tuple = (), extra_env: dict | None = None, 
     import time
 
     ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
-    port, dash = port or free_port(), free_port()
+    dash, client, agent, metrics = free_ports(4)
+    port = port or free_port()
     # `ray start` with token auth needs an existing token (only `ray.init()` makes one): this head gets
     # its own, so the test depends on nothing in ~/.ray; clients read it from RAY_AUTH_TOKEN_PATH.
     token = tmp_path / "auth_token"
@@ -73,8 +96,8 @@ def head(tmp_path: Path, extra_args: tuple = (), extra_env: dict | None = None, 
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
            **(extra_env or {})}
     cmd = [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", f"--num-cpus={num_cpus}",
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={free_port()}",
-           f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
+           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
+           f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}",
            "--disable-usage-stats", *extra_args]
     log_path = tmp_path / "head.log"
     log = open(log_path, "w")

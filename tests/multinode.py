@@ -20,7 +20,7 @@ from pathlib import Path
 
 from raytrain.callbacks import Callback
 
-from helpers import free_port
+from helpers import free_ports
 
 NODE_ENV = "RAYTRAIN_TEST_NODE"
 
@@ -69,10 +69,11 @@ class Node:
     def __init__(self, address: str, env: dict, tmp_path: Path, name: str, num_cpus: int = 1):
         ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
         self.name, self.log_path = name, tmp_path / f"{name}.log"
+        agent, metrics, runtime_env = free_ports(3)
         cmd = [ray_bin, "start", f"--address={address}", "--block", "--node-ip-address=127.0.0.1",
                f"--num-cpus={num_cpus}", f"--resources={json.dumps({name: 1})}", "--disable-usage-stats",
-               f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
-               f"--runtime-env-agent-port={free_port()}"]
+               f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}",
+               f"--runtime-env-agent-port={runtime_env}"]
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**env, NODE_ENV: name},
                                      cwd=tmp_path, start_new_session=True)
