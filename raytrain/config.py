@@ -126,9 +126,9 @@ class CheckpointConfig(Strict):
     """Checkpoint every N epochs (and at the last); null: only at the last (and at `every_steps`)."""
     every_steps: Optional[int] = Field(None, ge=1)
     """Also checkpoint every N optimizer steps inside an epoch: a resume continues at the next step (a lost node
-    costs at most N steps, plus the steps of the ≤2 s Ray Train's controller takes to poll a report, if the node
-    dies inside them). Each epoch's metrics row says what they cost (`step_checkpoint_s`, of `epoch_s`): pick N so
-    that stays a few percent. Not in search trials (Tune restores trials at epoch ends)."""
+    costs at most N steps, plus the steps of the ≤0.5 s in which Ray Train's controller polls a report, if
+    the node dies inside them). Each epoch's metrics row says what they cost (`step_checkpoint_s`, of
+    `epoch_s`): pick N so that stays a few percent. Not in search trials (Tune restores trials at epoch ends)."""
     notice_every_steps: int = Field(10, ge=1)
     """In a worker group, ask Ray every N steps whether a node is being drained (a barrier across workers); a
     notice makes the group checkpoint at that step, train on while a step and a checkpoint fit before the drain's

@@ -20,12 +20,14 @@ from types import SimpleNamespace
 import pytest
 
 from helpers import head, run_cli, write_yaml
+from raytrain._ray_compat import TRAIN_ENV
 from multinode import Node, steps, wait_for
 
 TESTS = Path(__file__).resolve().parent
 EVERY = 5  # checkpoint.every_steps of the kill test
-POLL_S = 2.0  # Ray Train's controller polls the workers' reports this often (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S):
+# Ray Train's controller polls the workers' reports this often (raytrain sets RAY_TRAIN_HEALTH_CHECK_INTERVAL_S):
 # a checkpoint reported less than this before its node died was never registered, so the one before it is resumed
+POLL_S = float(TRAIN_ENV["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"])
 # Faster than Ray's defaults, for a test's patience only: a dead raylet is declared dead after 3 missed 1 s health
 # checks (not 5 x 3 s), Train's drain watcher polls every second (not 5 s), and a worker group that cannot be
 # placed gives up after 10 s (raytrain's 30 s): Ray Train's first restart after a node died may still ask for it.
