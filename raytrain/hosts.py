@@ -55,6 +55,11 @@ class Host:
         knows it (rank 0 of a worker group, an in-process run), else None."""
         raise NotImplementedError
 
+    def metrics_log(self) -> Optional["MetricsLog"]:
+        """The run's metrics.jsonl where this host appends rows (rank 0 of a run), else None (Tune keeps a
+        trial's)."""
+        return None
+
 
 def _directory(files: dict[str, bytes]) -> tempfile.TemporaryDirectory:
     d = tempfile.TemporaryDirectory(prefix="raytrain-ckpt-")
@@ -109,6 +114,11 @@ class TrainHost(Host):
     def checkpoints(self) -> Optional[Location]:
         return storage.resolve(self.plan.checkpoints) if self.plan.checkpoints else None
 
+    def metrics_log(self) -> Optional["MetricsLog"]:
+        if self.rank == 0 and self.plan.run_dir and self.log is None:
+            self.log = MetricsLog(storage.resolve(self.plan.run_dir) / ckpt.METRICS)
+        return self.log
+
     def report(self, metrics: dict, files: Optional[dict[str, bytes]]) -> Optional[str]:
         """Ray Train persists the checkpoint (under rank 0's folder name, shared by every rank's shard), then
         rank 0 logs the row: a report the controller had not polled when a worker died would lose it."""
@@ -120,18 +130,17 @@ class TrainHost(Host):
         else:
             with _directory(files) as d:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d), checkpoint_dir_name=name)
-        if self.rank == 0 and self.plan.run_dir:
-            if self.log is None:
-                self.log = MetricsLog(storage.resolve(self.plan.run_dir) / ckpt.METRICS)
+        log, where = self.metrics_log(), None
+        if log is not None:
             row = dict(metrics)
             if files:
-                row["checkpoint"] = (self.checkpoints() / name).uri
-            self.log.append(row)
+                row["checkpoint"] = where = (self.checkpoints() / name).uri
+            log.append(row)
         if self.world > 1:  # rank 0's checkpoint upload ends before any rank's next NCCL collective waits on it
             from ray.train.collective import barrier
 
             barrier()
-        return row.get("checkpoint") if self.rank == 0 and self.plan.run_dir and files else None
+        return where
 
 
 class TuneHost(Host):
@@ -174,6 +183,9 @@ class LocalHost(Host):
     def checkpoints(self) -> Optional[Location]:
         return self.storage
 
+    def metrics_log(self) -> Optional["MetricsLog"]:
+        return self.log
+
     def notice(self, step: int) -> Optional[Notice]:
         """SIGTERM (Kubernetes, `ray job stop`) while training: checkpoint at this step and stop."""
         from raytrain.runtime import notice
@@ -202,6 +214,9 @@ class MetricsLog:
     def __init__(self, loc: Location):
         self.loc = loc
         self.lines = loc.read_text().splitlines() if loc.exists() else []
+
+    def rows(self) -> list[dict]:
+        return [json.loads(line) for line in self.lines if line.strip()]
 
     def append(self, row: dict) -> None:
         self.lines.append(json.dumps(row, default=str))

@@ -101,7 +101,23 @@ def restore(host: Host, name: str) -> Optional[dict]:
         pos = state.get("position") or {}  # a step checkpoint's: where inside its epoch
         done = f"epoch {pos['epoch'] + 1} step {pos['step']}" if pos else f"epoch {int(state['epoch']) + 1}"
         log.info(f"resumed from {used.uri} ({done} done)")
+        relog(host, state.get("row"), used)
     return state
+
+
+def relog(host: Host, row: Optional[dict], used) -> None:
+    """The resumed checkpoint's row, appended if the run's metrics.jsonl lacks it: its worker was killed after
+    the checkpoint was persisted (Ray registers a report's checkpoint before rank 0 appends the row)."""
+    log_ = host.metrics_log()
+    if not row or log_ is None:
+        return
+    key = (row["epoch"], row.get("step"))
+    if any((r.get("epoch"), r.get("step")) == key for r in log_.rows()):
+        return
+    log_.append({**row, "checkpoint": used.uri, "relogged": True})
+    what = f"epoch {row['epoch']}" + (f" step {row['step']}" if row.get("step") else "")
+    log.warning(f"{log_.loc.uri} had no row for {what}, whose checkpoint this run resumed from: logged it from "
+                "the checkpoint (its process was killed between the two)")
 
 
 class Loop:
@@ -178,13 +194,11 @@ class Loop:
         t0 = time.perf_counter()
         sums = TrainSums(**collectives.reduce_sums(local.as_dict()))
         state = self.state
-        state.position = {"epoch": epoch, "step": step, "sums": sums.as_dict(), "train_s": train_s}
-        try:
-            files = ckpt.encode(state.state_dict(), self.mode.file_name) if self.mode.writes_checkpoint else None
-        finally:
-            state.position = None
         row = {"epoch": epoch + 1, "step": step, "step_checkpoint": True, "elapsed_s": state.elapsed_s + train_s,
                **({"stop_reason": self.ctx.stop_reason} if self.ctx.stop_now else {})}
+        state.position = {"epoch": epoch, "step": step, "sums": sums.as_dict(), "train_s": train_s}
+        files = self.encode(row) if self.mode.writes_checkpoint else None
+        state.position = None
         self.host.report(row, files)
         self.step_checkpoint_s += time.perf_counter() - t0
         if self.host.rank == 0:
@@ -223,15 +237,16 @@ class Loop:
         record.final = ctx.stop_reason is not None or epoch == exp.train.epochs - 1
         every = exp.checkpoint.every_epochs
         save = record.final or (every is not None and (epoch + 1) % every == 0) or self.drain is not None
-        # Encoded before on_fit_end (pruning folds magnitude masks into the weights): a resume with more
-        # epochs keeps them.
-        files = ckpt.encode(state.state_dict(), mode.file_name) if save and mode.writes_checkpoint else None
         if record.final:
             record.stop_reason = ctx.stop_reason or "completed"
             if "test" in self.plan.shards:  # the test split: read once, at the end
                 collectives.wait_for_all()  # loading it can take a rank a while: not inside an NCCL reduce
                 te = self.evaluate("test")
                 record.test_loss, record.test_accuracy = te.loss, te.accuracy
+        # Encoded before on_fit_end (pruning folds magnitude masks into the weights): a resume with more
+        # epochs keeps them.
+        files = self.encode(record.metrics()) if save and mode.writes_checkpoint else None
+        if record.final:
             self.cbs.call("on_fit_end", ctx, record)
             record.stats = mode.model_stats()
         if self.host.rank == 0:
@@ -239,6 +254,15 @@ class Loop:
         where = self.host.report(record.metrics(), files)
         self.cbs.call("on_report", ctx, record, where)
         return record
+
+
+    def encode(self, row: dict) -> dict[str, bytes]:
+        """The checkpoint's files, holding the row its report logs (`restore` logs it again if it was lost)."""
+        self.state.row = row
+        try:
+            return ckpt.encode(self.state.state_dict(), self.mode.file_name)
+        finally:
+            self.state.row = None
 
 
 def new_seconds(t0: float, new: TrainSums) -> float:

@@ -36,6 +36,8 @@ class TrainState:
     epoch: int = -1  # last finished epoch (0-based)
     elapsed_s: float = 0.0  # training seconds so far, across resumes
     position: Optional[dict] = None  # mid-epoch: {"epoch", "step", "sums"} (see raytrain.loop)
+    row: Optional[dict] = None  # the metrics row of the report carrying this checkpoint: a resume logs it if
+    # the run lost it (a worker killed after its checkpoint was persisted, before the row was appended)
     callbacks: Any = None  # raytrain.callbacks.Callbacks whose states are saved
     restored_callbacks: dict = field(default_factory=dict)  # their states from the checkpoint loaded
 
@@ -45,7 +47,7 @@ class TrainState:
             "scheduler": self.stepper.scheduler.state_dict(), "scheduler_steps": self.stepper.taken,
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "callbacks": self.callbacks.state_dict() if self.callbacks is not None else {},
-            "position": self.position or {}, "rng": torch.get_rng_state(),
+            "position": self.position or {}, "row": self.row or {}, "rng": torch.get_rng_state(),
             "epoch": self.epoch, "elapsed_s": self.elapsed_s, "stage": self.stage, "stages": self.stages,
             "experiment": self.exp.model_dump_json(), "data": self.info.to_json(),
         }
@@ -62,6 +64,7 @@ class TrainState:
             if d.get(old) and name not in self.restored_callbacks:
                 self.restored_callbacks[name] = d[old]
         self.position = d.get("position") or None
+        self.row = d.get("row") or None
         if isinstance(d.get("rng"), torch.Tensor):
             torch.set_rng_state(d["rng"])
         self.epoch, self.elapsed_s = int(d["epoch"]), float(d["elapsed_s"])

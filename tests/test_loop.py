@@ -96,6 +96,43 @@ def test_resume_continues_epochs_clock_schedule_and_callback_state(exp_dict):
     assert rows[-1]["recorder_count"] == rows[1]["recorder_count"] * 3 // 2  # the counter went on
 
 
+@pytest.mark.parametrize("lose", ["epoch", "step"])
+def test_a_row_lost_after_its_checkpoint_is_logged_again_on_resume(exp_dict, lose, capfd):
+    """A process killed after its checkpoint was persisted but before the row naming it was appended (a
+    worker group's rank 0: Ray registers the checkpoint first) leaves metrics.jsonl without that row. The
+    resume logs it from the checkpoint, once, marked `relogged`, with the figures it had: an epoch's row, or a
+    step checkpoint's (a crash after step 7 of epoch 2, `every_steps: 5`)."""
+    steps = {"checkpoint": {"every_steps": 5, "keep": 3}} if lose == "step" else {}
+    if lose == "epoch":
+        first = _train(exp_dict, train__epochs=2)
+    else:
+        first = _train(exp_dict, [FailAt(1, 7)], parallel__max_failures=0, train__epochs=2, **steps)
+        assert first.status == "failed"
+    log = resolve(first.run_dir) / ckpt.METRICS
+    lines = log.read_text().splitlines()
+    lost = json.loads(lines[-1])
+    assert (lost["epoch"], lost.get("step")) == (2, None if lose == "epoch" else 5), lost
+    assert lost["checkpoint"] == ckpt.checkpoint_dirs(resolve(first.run_dir) / ckpt.RUN_STORAGE)[0].uri
+    log.write_text("\n".join(lines[:-1]) + "\n")  # as if killed between the checkpoint and its row
+    capfd.readouterr()
+    again = _train(exp_dict, resume=first.run_dir, train__epochs=3, **steps)
+    said = "".join(capfd.readouterr())
+    assert again.status == "completed", again
+    rows = read_rows(resolve(first.run_dir), steps=True)
+    back = [r for r in rows if r.get("relogged")]
+    assert len(back) == 1, back
+    kept = {k: v for k, v in back[0].items() if k != "relogged"}
+    assert kept == {k: lost[k] for k in kept}, (kept, lost)
+    # a final epoch's model statistics are taken after on_fit_end, so after its checkpoint: those alone are missing
+    assert set(lost) - set(kept) <= {"flops_per_sample", "params_nonzero", "params_total", "rank_weight_spread",
+                                     "weight_sparsity"}, set(lost) - set(kept)
+    assert [r["epoch"] for r in rows if not r.get("step_checkpoint")] == [1, 2, 3]
+    assert f"had no row for epoch 2{' step 5' if lose == 'step' else ''}," in said, said
+    if lose == "epoch":  # a run resumed with its row in place logs nothing again
+        _train(exp_dict, resume=first.run_dir, train__epochs=4)
+        assert len([r for r in read_rows(resolve(first.run_dir), steps=True) if r.get("relogged")]) == 1
+
+
 def test_checkpoint_cadence_every_n_epochs_and_the_last(exp_dict):
     r = _train(exp_dict, train__epochs=5, checkpoint={"every_epochs": 2, "keep": 5})
     rows = metric_rows(r.run_dir)
