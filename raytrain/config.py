@@ -20,7 +20,7 @@ from raytrain.config_parallel import (  # noqa: F401  (re-exported: the parallel
 
 class ModelConfig(Strict):
     name: str = "cnn"
-    """cnn | mlp | resnet | mobilenet | efficientnet | vit; "package.module:function" returning an nn.Module
+    """cnn | cnn_bn | mlp | resnet | mobilenet | efficientnet | vit; "package.module:function" returning an nn.Module
     given (in_shape, num_classes), or a constructor taking num_classes= (torchvision style) or num_classes= and
     in_chans= (timm style), imported from the launch directory (or PYTHONPATH) on the driver and workers;
     "timm:NAME" (timm.create_model) or "torchvision:NAME" (torchvision.models.NAME; 1-channel data is repeated

@@ -94,12 +94,11 @@ def _kept(dense_w: torch.Tensor, pruned_w: torch.Tensor) -> tuple[list[int], lis
             [where[p[0, k].numpy().tobytes()][1] for k in range(p.shape[1])])
 
 
-@pytest.mark.parametrize("name", ["resnet", "mobilenet", "efficientnet"])
+@pytest.mark.parametrize("name", ["cnn_bn", "resnet", "mobilenet", "efficientnet"])
 def test_structured_pruning_through_residual_and_depthwise(name):
-    """The oracle of the mlp/cnn test, through residual adds, BatchNorm, depthwise convolutions and (efficientnet)
-    squeeze-excitation gates: the pruned
-    model equals the dense one with every removed channel silenced where it is consumed (the input slices of
-    each following convolution or linear layer zeroed)."""
+    """The oracle of the mlp/cnn test, through BatchNorm (cnn_bn), residual adds, depthwise convolutions and
+    (efficientnet) squeeze-excitation gates: the pruned model equals the dense one with every removed channel
+    silenced where it is consumed (the input slices of each following convolution or linear layer zeroed)."""
     torch.manual_seed(0)
     dense = build_model(name, (1, 16, 16), 10).eval()
     with torch.no_grad():  # non-trivial BatchNorm statistics, so a channel mix-up cannot hide
