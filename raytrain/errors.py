@@ -46,5 +46,7 @@ def format_validation_error(exc: Any, source: str) -> str:
             got = f" (got {_short(first['input'])})"
     if first.get("type") == "extra_forbidden":
         msg = "unknown key"
+        if loc == "search":  # `raytrain validate` or `train` given a search spec
+            msg += f" in an experiment: this is a search spec, run `raytrain search {source}`"
     where = f"{loc}: " if loc else ""
     return f"{source}: {where}{msg}{got}{suffix}"

@@ -114,6 +114,8 @@ CASES = {
     "set into scalar": (lambda t: _exp(t) + ["--set", "name.x=1"], "name is not a mapping"),
     # search spec
     "spec unknown key": (lambda t: _spec(t, sampels=2), "search.sampels: unknown key"),
+    "spec given to validate": (lambda t: ["validate", _spec(t)[1]],
+                               "search: unknown key in an experiment: this is a search spec, run `raytrain search "),
     "spec grace > max_t": (lambda t: _spec(t, asha={"max_t": 2, "grace_period": 3}), "grace_period 3 exceeds max_t 2"),
     "spec unknown space key": (lambda t: _spec(t, space={"train.lrr": {"grid": [1]}}),
                                "search.space.train.lrr: value 1 rejected: train.lrr: unknown key"),
