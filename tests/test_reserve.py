@@ -46,3 +46,21 @@ def test_a_reserve_saved_before_overheads_were_counted_still_estimates():
     reserve.complete("a", False, 9.0)
     assert reserve.overhead == pytest.approx(5.0)
     assert reserve.estimate() == pytest.approx((2 * (4.0 + 5.0), 4.0))
+
+
+def test_a_finalist_stopped_short_is_scaled_to_its_own_horizon_not_max_t():
+    """The space searches train.epochs: a finalist ASHA stopped after 1 of its 2 epochs costs 2 epochs' worth
+    in the confirmation, not asha.max_t's 5 (the 2026-12-03 headline search stopped admitting at 219 s of its
+    780 s budget on that overestimate). A trial admitted without a searched horizon trains max_t."""
+    s = SearchConfig(objective={"time_to_target": 0.99}, asha={"max_t": 5}, confirm={"top_k": 2, "seeds": 2})
+    reserve = Reserve(s, concurrent=1)
+    reserve.admitted("a", {"train.epochs": 2, "model.width": 1.0})
+    reserve.admitted("b", {"model.width": 1.0})
+    for trial in "ab":
+        reserve.observe(trial, {**_result(None, 1, 10.0), "stop_reason": "stopped by ASHA"})
+        reserve.complete(trial, False, 10.0)
+    wall, epochs = reserve.estimate()
+    assert wall == pytest.approx(2 * (10.0 * 2 + 10.0 * 5)) and epochs == pytest.approx(2 * (2 + 5))
+    old = pickle.loads(pickle.dumps(reserve))
+    del old.horizon  # state saved before horizons were kept: every finalist scaled to max_t, as then
+    assert old.estimate() == pytest.approx((2 * (10.0 * 5 + 10.0 * 5), 2 * (5 + 5)))

@@ -182,8 +182,8 @@ class RunLines(tune.Callback):
 class Reserve:
     """What the confirmation of the search's current top_k is projected to cost, so that the search's budget
     stops admitting trials early enough for it: per finalist, its trial's wall time (first entry to last report)
-    and epochs, scaled to all `asha.max_t` epochs where it stopped short of the target (a confirmation run is not
-    stopped by ASHA), plus the most any trial spent outside its training (process start, data build, shutdown:
+    and epochs, scaled to all the epochs of its own horizon (its `train.epochs` where the space searches it, else
+    `asha.max_t`) where it stopped short of the target (a confirmation run is not stopped by ASHA), plus the most any trial spent outside its training (process start, data build, shutdown:
     a confirmation run on a fresh seed builds its data anew, as the search's first trial did), times the seeds,
     over the trials run at once; a finalist not yet known costs as much as the costliest known one. What the
     confirmation really spent is reported beside the budget (search.json's budget_note)."""
@@ -193,6 +193,12 @@ class Reserve:
         self.last: dict[str, dict] = {}  # trial id -> the numbers of its last report
         self.done: set[str] = set()  # finished properly (not errored)
         self.overhead = 0.0  # the most seconds a finished trial spent from admission to completion beyond its span
+        self.horizon: dict[str, int] = {}  # trial id -> the epochs it would train unstopped (its train.epochs)
+
+    def admitted(self, trial_id: str, config: dict) -> None:
+        """A trial's config at admission: its own horizon where the space searches train.epochs."""
+        if "train.epochs" in config:
+            self.__dict__.setdefault("horizon", {})[trial_id] = int(config["train.epochs"])
 
     def observe(self, trial_id: str, result: Optional[dict]) -> None:
         if result:
@@ -223,10 +229,12 @@ class Reserve:
         rows = [{**r, "trial_id": t, "status": r.get("stop_reason") or "ok"} for t, r in self.last.items() if self._ended(t)]
         top = [r for r in rank(rows, self.search) if not str(r["status"]).startswith(finalists.FAILED)][:c.top_k]
         costs, overhead = [], getattr(self, "overhead", 0.0)  # state saved before it was counted: none
+        horizon = getattr(self, "horizon", {})  # state saved before horizons were kept: max_t for every trial
         for r in top:
             trained = float(r.get("trained_epochs") or 0.0)
             reached = self.search.objective.time_to_target is not None and r.get("time_to_target_s") is not None
-            scale = 1.0 if reached or trained <= 0 else self.search.asha.max_t / trained
+            epochs = horizon.get(r["trial_id"], self.search.asha.max_t)
+            scale = 1.0 if reached or trained <= 0 else max(epochs / trained, 1.0)
             costs.append((_span(r) * scale + overhead, trained * scale))
         if not costs:
             return 0.0, 0.0

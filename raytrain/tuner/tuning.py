@@ -184,6 +184,8 @@ class BudgetedSearch(BasicVariantGenerator):
         trial = super().next_trial()
         if trial is not None:
             self.__dict__.setdefault("created", {})[trial.trial_id] = time.monotonic()
+            if self.reserve is not None:
+                self.reserve.admitted(trial.trial_id, trial.config)
         return trial
 
     def _spent(self):
