@@ -1,5 +1,6 @@
-"""`experiments/mnist-fast.yaml`'s recipe written by hand in plain PyTorch (our own copy: the reference for the
-no-Ray-tax goal): the classic example's cnn at half width without dropout, AdamW, one-cycle LR stepped per
+"""`experiments/mnist-fast.yaml`'s recipe until 2026-12-03 (before it moved to cnn_bn) written by hand in plain
+PyTorch (our own copy: the reference for the no-Ray-tax goal): the classic example's cnn at half width without
+dropout, AdamW, one-cycle LR stepped per
 batch, bf16 autocast + channels_last on the CPU, batch 128, 2 threads, a fresh permutation every epoch, a
 quarter of the conv/fc channels removed with torch-pruning before the second epoch, stop at the end of the
 first epoch whose test accuracy reaches --target. Data: the same IDX files, read with raytrain's reader.

@@ -3,7 +3,7 @@
 `bench.elastic` measures it on its digits task (26 steps of ~30 ms an epoch): there, one checkpoint to the S3
 API server (moto on loopback) costs ~8 steps' time, so the interval at which it is <= 5% of training is longer
 than the epoch and no step checkpoint falls inside one. Here: MNIST (54,000 training images, 844 steps of 64),
-the half-width cnn of experiments/mnist-fast.yaml on 2 threads, 3 epochs. The seconds one step checkpoint takes
+the half-width cnn of bench/recipes/mnist-fast-cnn.yaml on 2 threads, 3 epochs. The seconds one step checkpoint takes
 come from a run checkpointing every PROBE steps, as the loop measures them (`step_checkpoint_s` in each epoch's
 row); K is the interval at which they are SHARE of the steps between two. A run at K then gives (a) the share of
 its epoch time spent in step checkpoints, from its own clock, and (b) its epoch time against runs with epoch
