@@ -226,6 +226,5 @@ class MetricsLog:
 def read_rows(run: Location, steps: bool = False) -> list[dict]:
     """A run's metrics.jsonl rows: one per epoch (and per rung probe); `steps` adds the rows of checkpoints
     taken inside an epoch (`step_checkpoint`)."""
-    log = run / ckpt.METRICS
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    rows = MetricsLog(run / ckpt.METRICS).rows()
     return rows if steps else [r for r in rows if not r.get("step_checkpoint")]

@@ -255,7 +255,6 @@ class Loop:
         self.cbs.call("on_report", ctx, record, where)
         return record
 
-
     def encode(self, row: dict) -> dict[str, bytes]:
         """The checkpoint's files, holding the row its report logs (`restore` logs it again if it was lost)."""
         self.state.row = row

@@ -183,8 +183,9 @@ class Reserve:
     """What the confirmation of the search's current top_k is projected to cost, so that the search's budget
     stops admitting trials early enough for it: per finalist, its trial's wall time (first entry to last report)
     and epochs, scaled to all the epochs of its own horizon (its `train.epochs` where the space searches it, else
-    `asha.max_t`) where it stopped short of the target (a confirmation run is not stopped by ASHA), plus the most any trial spent outside its training (process start, data build, shutdown:
-    a confirmation run on a fresh seed builds its data anew, as the search's first trial did), times the seeds,
+    `asha.max_t`) where it stopped short of the target (a confirmation run is not stopped by ASHA), plus the most
+    any trial spent outside its training (process start, data build, shutdown: a confirmation run on a fresh seed
+    builds its data anew, as the search's first trial did), times the seeds,
     over the trials run at once; a finalist not yet known costs as much as the costliest known one. What the
     confirmation really spent is reported beside the budget (search.json's budget_note)."""
 
