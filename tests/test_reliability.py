@@ -52,7 +52,7 @@ def test_worker_group_survives_an_error_then_a_kill_mid_checkpoint_and_trains_as
     """One worker in a Ray Train worker group (parallel.isolate; in-process, a SIGKILL would end pytest), failing
     twice (parallel.max_failures 2). First a Python error mid-epoch 2, raised by its model. Then, in the restarted
     group, the real risk: a SIGKILL while Ray Train copies its checkpoint into the run's storage. A watcher
-    catches a checkpoint folder that exists but is not yet complete (the ballast makes each copy ~400 MB), freezes
+    catches a checkpoint folder that exists but is not yet complete (the ballast makes each copy ~100 MB), freezes
     the worker (SIGSTOP), and SIGKILLs it if the folder is still incomplete; if the copy finished in between, it
     lets the worker go on and waits for the next checkpoint. Ray Train restarts the group each time; it resumes
     from the latest complete checkpoint and redoes only the epoch that was cut. Every epoch's metrics are those of

@@ -68,7 +68,7 @@ class _Ballast(nn.Module):
 
 
 def big_state(in_shape, num_classes, pid_file: str = "", arm: str = ""):
-    """A model whose checkpoint is ~400 MB; writes the PID of the process that trains it to `pid_file`; raises a
+    """A model whose checkpoint is ~100 MB; writes the PID of the process that trains it to `pid_file`; raises a
     RuntimeError on its 30th training step (mid-epoch 2 on digits at batch 64) if it is the first to remove the
     file `arm`. Trains as `tiny` does (the same init for the same seed: the buffer draws no random numbers)."""
     import os
@@ -76,7 +76,7 @@ def big_state(in_shape, num_classes, pid_file: str = "", arm: str = ""):
     if pid_file:
         with open(pid_file, "w") as f:
             f.write(str(os.getpid()))
-    return _fault_at(_Ballast(in_shape, num_classes, 100_000_000), 30, arm, _planted_error)
+    return _fault_at(_Ballast(in_shape, num_classes, 25_000_000), 30, arm, _planted_error)
 
 
 class _SmallConvNet(nn.Module):
