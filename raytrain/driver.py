@@ -68,7 +68,10 @@ def run(exp: Experiment, resume: Optional[str] = None, launch: Optional[float] =
              f"shape {info.in_shape}, {info.num_classes} classes, {workers_text(exp.parallel)} worker(s), "
              f"{'in-process' if local else 'worker group'}, {info.ingest})")
     logged = len(read_rows(run_dir)) if resume is not None else 0  # a resumed run's start-up: its first new row
-    ingest = user or (build(exp, info, prep.source) if on_ray else in_memory(info))
+    # Materialised data for a worker in this process is read here as arrays, on Ray too: Ray Data's blocks, its
+    # executor and stats actor would carry it from this process to this process (seconds on a Ray's first run).
+    here = local and info.ingest == "materialize"
+    ingest = user or (in_memory(info) if here or not on_ray else build(exp, info, prep.source))
     marks["datasets_ready"] = time.time()
     if warming is not None:
         warming.result()  # a wait here shows in model_setup
@@ -148,8 +151,8 @@ def _resume_dir(resume) -> storage.Location:
 
 
 def in_memory(info: data_mod.DataInfo) -> Ingest:
-    """A run with no Ray: the cache's train and val (and test) files read into arrays here (pyarrow, no Ray
-    Data)."""
+    """A run whose one worker trains in this process (with or without Ray): the cache's train and val (and test)
+    files read into arrays here (pyarrow, no Ray Data)."""
     from raytrain.data.memory import read_cache
 
     paths = {"train": info.train_path, "val": info.val_path, **({"test": info.test_path} if info.test_path else {})}

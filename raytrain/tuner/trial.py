@@ -3,7 +3,8 @@
 A one-worker trial trains inside its Tune trial process (`TuneHost`): Tune reserves its CPUs and GPU
 fraction (`tune.with_resources`), persists its checkpoints (`tune.report(..., checkpoint=...)`), restores
 them (`tune.get_checkpoint()`), and reuses the process for the next trial (`reuse_actors`), so a trial
-costs about its own epochs. Its datasets are built once per process and data setting.
+costs about its own epochs. Its data is read once per process and data setting (materialised data as arrays
+from the cache, not through Ray Data, whose start in each trial process cost the search seconds).
 
 A multi-worker (or `trial.isolate`) trial launches its own TorchTrainer (Train V2) and forwards its
 reports with `TuneReportCallback`.
@@ -51,7 +52,10 @@ def run_trial(config: dict, raw: dict, search_json: str, source: str, run_uri: s
         return
     key = (prep.info.to_json(), exp.data.model_dump_json(), exp.seed, exp.parallel.workers,
            exp.parallel.pipeline.stages > 1)
-    ingest = _DATASETS.get(key, lambda: build(exp, prep.info, prep.source))
+    # The trial process is an in-trial trial's one worker, on the node whose cache the preflight just filled: its
+    # materialised data is read there as arrays (Ray Data would only carry it from this process to itself).
+    here = spec.search.trial.in_trial and prep.info.ingest == "materialize"
+    ingest = _DATASETS.get(key, lambda: driver.in_memory(prep.info) if here else build(exp, prep.info, prep.source))
     plan = RunPlan(exp.model_dump_json(), prep.info.to_json(), steps_per_epoch(exp, prep.info), ingest.shards,
                    launch_time=time.time(), mode="trial", console_lines=False, step_checkpoints=False,
                    report_may_end=True)
