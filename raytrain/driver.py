@@ -70,8 +70,8 @@ def run(exp: Experiment, resume: Optional[str] = None, launch: Optional[float] =
     logged = len(read_rows(run_dir)) if resume is not None else 0  # a resumed run's start-up: its first new row
     # Materialised data for a worker in this process is read here as arrays, on Ray too: Ray Data's blocks, its
     # executor and stats actor would carry it from this process to this process (seconds on a Ray's first run).
-    here = local and info.ingest == "materialize"
-    ingest = user or (in_memory(info) if here or not on_ray else build(exp, info, prep.source))
+    here = (local and info.ingest == "materialize") or not on_ray
+    ingest = user or (in_memory(info) if here else build(exp, info, prep.source))
     marks["datasets_ready"] = time.time()
     if warming is not None:
         warming.result()  # a wait here shows in model_setup
@@ -99,7 +99,7 @@ def run(exp: Experiment, resume: Optional[str] = None, launch: Optional[float] =
         "checkpoint": checkpoint or _last_checkpoint(run_dir), "metrics_log": (run_dir / ckpt.METRICS).uri,
         "config": exp.model_dump(mode="json"), "first_step_s": first.get("first_step_s"), "ray": ray,
         "classes": info.classes, **splits_summary(info),
-        "startup": startup_breakdown(launch, marks, first, plan.mode, on_ray),
+        "startup": startup_breakdown(launch, marks, first, plan.mode, on_ray, arrays=user is None and here),
         "startup_side_by_side": {k: round(t - launch, 2) for k, t in (("ray_init", prep.ray_up_at),
                                  ("imports_and_checks", prep.checked_at)) if t},
         "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this process alone
@@ -192,9 +192,11 @@ def _train_here(exp, plan, ingest, run_dir, factory, marks, on_ray=True,
                         "latest checkpoint")
 
 
-def startup_breakdown(launch: float, marks: dict, first_row: dict, mode: str, on_ray: bool = True) -> dict:
+def startup_breakdown(launch: float, marks: dict, first_row: dict, mode: str, on_ray: bool = True,
+                      arrays: bool = False) -> dict:
     """Seconds spent in each start-up phase, from the command's start to the first finished step. With no
-    Ray the phases are imports, data, reading it into memory, and the model."""
+    Ray the phases are imports, data, reading it into memory, and the model; `arrays`: the data went into
+    memory as arrays (no Ray Datasets), as it does for every worker in the calling process."""
     at = {"launch": 0.0, **{k: v - launch for k, v in marks.items()}}
     for key in ("worker_entered", "model_ready"):
         if f"startup_{key}_s" in first_row:
@@ -204,7 +206,7 @@ def startup_breakdown(launch: float, marks: dict, first_row: dict, mode: str, on
     start = "train_controller_and_worker_group" if mode == "worker-group" else "reserve_resources"
     phases = [("imports_and_ray_init" if on_ray else "imports", "launch", "ray_ready"),
               ("data_prepare", "ray_ready", "data_ready"),
-              ("datasets_materialize" if on_ray else "data_into_memory", "data_ready", "datasets_ready"),
+              ("data_into_memory" if arrays or not on_ray else "datasets_materialize", "data_ready", "datasets_ready"),
               *([(start, "datasets_ready", "worker_entered")] if on_ray else []),
               ("model_setup", "worker_entered" if on_ray else "datasets_ready", "model_ready"), ("first_batch_and_step", "model_ready", "first_step")]
     return {name: round(at[b] - at[a], 2) for name, a, b in phases if a in at and b in at}

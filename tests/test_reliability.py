@@ -172,8 +172,10 @@ def test_torn_latest_checkpoint_falls_back_with_a_warning(tmp_path):
 def test_resume_continues_then_skips_a_corrupt_latest_checkpoint(ray_local, exp_dict):
     """One run, resumed twice: a clean resume continues at the next epoch with the clock carried over (the
     checkpoint's clock set to 1000 s: the resumed epoch ends at 1000 s plus its own seconds); after the latest
-    checkpoint is torn, the next resume falls back to the one before it."""
+    checkpoint is torn, the next resume falls back to the one before it. (On the session's Ray the one worker
+    trains in this process, its data read into memory as arrays: no Ray Datasets carry it to itself.)"""
     first = driver.run(make_exp(exp_dict, train__epochs=2))
+    assert first.mode == "in-process" and "data_into_memory" in first.startup, first.startup
     run_dir = Path(first.run_dir)
     state = ckpt.load_local(first.checkpoint)
     state["elapsed_s"] = 1000.0
