@@ -11,7 +11,7 @@ import time
 
 from bench.common import RESULTS, ROOT, load
 
-SECTIONS = ["startup", "no_ray_tax", "shuffle", "mnist", "foundation", "search", "search_winners", "headline_asha", "asha_pick", "rungs", "trials", "asha", "ablation", "storage",
+SECTIONS = ["startup", "quick_search", "no_ray_tax", "shuffle", "mnist", "foundation", "search", "search_winners", "headline_asha", "asha_pick", "rungs", "trials", "asha", "ablation", "storage",
             "streaming", "images", "pipeline", "gpu", "elastic", "step_checkpoints"]
 DEFAULT = "startup,mnist,foundation"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
