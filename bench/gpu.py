@@ -4,8 +4,8 @@ the GPU it came from):
   * throughput: samples/s of `raytrain train` against a plain PyTorch loop doing the same work: the recipe's
     model, batch, optimizer, LR schedule (stepped per batch), precision and memory format, EPOCHS epochs, the
     data on the GPU in both (raytrain's device cache; one normalised tensor on the GPU), the median of the
-    epochs after the first. Pruning and early stopping are off on both sides (mnist-fast prunes at epoch 1: a
-    different model from then on). The plain loop runs twice: with torch's defaults (what a user writes), and
+    epochs after the first. Pruning and early stopping are off on both sides (a recipe that prunes trains a
+    different model from its pruning epoch on; mnist-fast does not prune today). The plain loop runs twice: with torch's defaults (what a user writes), and
     with raytrain's kernels (its optimizer as `raytrain.optim` builds it, cudnn.benchmark); the ratio is
     against the faster of the two;
   * syncs per training step, counted in those same runs (`bench.syncs.SyncsPerStep`, epoch 1): fp32 (classic)
