@@ -27,4 +27,4 @@ def rows(s: dict) -> list[tuple[str, str, str]]:
     walls = ", ".join(f"{r['process_wall_s']:.1f}" for r in s["runs"])
     return [("demo search (`raytrain search search/digits-quick.yaml`, 6 trials): start → exit",
              f"**{s['process_wall_s']:.1f} s** (median of {walls}); the search itself {s['search_wall_s']:.1f} s; "
-             f"{s['runs'][0]['trials']} trials, best val accuracy {s['runs'][0]['best_val_accuracy']:.4f}", "≤25 s")]
+             f"{s['runs'][0]['trials']} trials, best val accuracy {s['runs'][0]['best_val_accuracy'] or 0:.4f}", "≤25 s")]

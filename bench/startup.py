@@ -1,5 +1,6 @@
-"""Start -> first finished step of `raytrain train` as a user runs it (a fresh process, embedded Ray with its
-dashboard), one worker (in-process) and two (a Ray Train worker group), beside the floor under the latter: a
+"""Start -> first finished step of `raytrain train` as a user runs it (a fresh process): one worker (no Ray at all:
+one worker, no RAY_ADDRESS) and two (a Ray Train worker group on an embedded Ray with its dashboard), beside the
+floor under the latter: a
 bare TorchTrainer (2 workers, empty function, no raytrain code). Interleaved, `repeats` times each (this VM
 drifts); medians reported, every run kept."""
 
@@ -32,7 +33,7 @@ def run(repeats: int = 3) -> dict:
     reached = [b["function_reached_s"] for b in bare]
     return {"one_worker": _pick(one), "two_workers": _pick(two),
             "bare_trainer": {"function_reached_s": median(reached), "all_s": [round(x, 1) for x in sorted(reached)]},
-            "task": "digits cnn, 1 epoch, embedded Ray with dashboard, median of "
+            "task": "digits cnn, 1 epoch (one worker: no Ray; two: embedded Ray with dashboard), median of "
                     f"{repeats} interleaved runs each"}
 
 
@@ -42,7 +43,7 @@ def rows(s: dict) -> list[tuple[str, str, str]]:
     o, t, b = s["one_worker"], s["two_workers"], s["bare_trainer"]
     phases = ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in o.get("breakdown_s", {}).items())
     return [
-        ("one-worker `raytrain train` (in-process): start → first step",
+        ("one-worker `raytrain train` (in-process, no Ray): start → first step",
          f"**{o['first_step_s']:.1f} s** (median of {', '.join(map(str, o['all_s']))}); {phases}; process "
          f"{o['process_wall_s']:.1f} s to exit for 1 epoch", "≤7 s"),
         ("two-worker `raytrain train` (Ray Train worker group): start → first step, and the bare-TorchTrainer floor",

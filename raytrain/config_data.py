@@ -74,7 +74,8 @@ class DataConfig(Strict):
     upscale: int = Field(1, ge=1, le=8)
     """digits only: repeat each pixel this many times per side (8x8 -> 32x32 at 4), a heavier benchmark task."""
     ingest: Literal["auto", "materialize", "stream"] = "auto"
-    """materialize: decode once on the driver, hand workers ready blocks. stream: Ray Data reads and decodes
+    """materialize: decode once on the driver, hand workers ready blocks (a worker in the calling process reads it
+    as arrays). stream: Ray Data reads and decodes
     Parquet while training (the driver never holds the table). auto: materialize up to `materialize_max_mb`."""
     materialize_max_mb: float = Field(2048.0, gt=0.0)
     """auto: the largest dataset (uncompressed size in its Parquet metadata; decoded size for images) that

@@ -239,9 +239,9 @@ def test_gpu_checkpoint_resumes_and_exports_on_the_cpu(ray_local, exp_dict, tmp_
     assert back.status == "completed"
 
 
-def test_device_cache_matches_ray_data_on_a_one_batch_epoch(ray_local, exp_dict):
-    """Same examples either way (the cache held as model input, Ray Data's batches normalised per step); in a
-    one-batch epoch the order cannot matter, so the metrics agree."""
+def test_device_cache_matches_host_held_batches_on_a_one_batch_epoch(ray_local, exp_dict):
+    """Same examples either way (the cache held on the GPU as model input; the copy held in host memory moved and
+    normalised per step); in a one-batch epoch the order cannot matter, so the metrics agree."""
     runs = [_run(exp_dict, train__batch_size=2048, train__precision="fp32", data__device_cache=cache, model__name="mlp")
             for cache in (True, False)]
     assert runs[0].final["device_cache"] is True and runs[1].final["device_cache"] is False

@@ -4,9 +4,10 @@ materialize: the cached Arrow tables go to Ray Data as ready blocks (`from_block
 here, so not even a metadata task): every split whole for every rank (each holds the training split and takes
 its share of each global batch of each epoch's permutation, `raytrain.data.memory`; each keeps its part of
 validation and test, cut for the group's world size when the group starts, `raytrain.data.batches`): no read
-task, no split coordinator, and nothing of Ray Data needs a CPU while workers (or Tune trials training in their
-own process) hold every one of them. A
-one-worker run with no Ray (`raytrain.driver`) reads the same cache files with pyarrow instead.
+task, no split coordinator, and nothing of Ray Data needs a CPU while the workers (or nested trials' workers)
+hold every one of them. A worker that trains in the calling process (a one-worker run, with or without Ray, and a
+one-worker search trial in its Tune trial process: `raytrain.driver.in_memory`) reads the same cache files as
+arrays instead.
 
 stream: `read_parquet` + a decoding `map_batches`, with the CPUs reserved for them (`data.stream_cpus`)
 checked against the cluster before anything starts; Ray Train splits the stream across ranks with

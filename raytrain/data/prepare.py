@@ -2,7 +2,8 @@
 
 Two ingest paths (`data.ingest`, decided here by `ingest_mode`):
   * materialize: decoded once on the driver into a content-keyed Parquet cache (train/val/test files with a
-    Ray tensor column `x` and an int64 `y`), handed to Ray Data as ready Arrow blocks (raytrain.ingest);
+    Ray tensor column `x` and an int64 `y`), handed to a worker group's Ray Data as ready Arrow blocks
+    (raytrain.data.ingest), read as arrays by a worker in the calling process;
   * stream: Ray Data reads and decodes the Parquet (local or a URI) while training; the driver reads only
     footers and a few rows (`parquet.inspect`), never the table.
 Encoded images (Parquet image columns, ImageFolder trees: `images`, `folders`) are decoded to uint8 either
@@ -189,7 +190,7 @@ def _write(path: Path, x: np.ndarray, y: np.ndarray) -> None:
     table = pa.Table.from_arrays([column, pa.array(y.astype(np.int64))],
                                  schema=pa.schema([field, pa.field("y", pa.int64())]))
     pq.write_table(table, path, row_group_size=8192)
-    # The same arrays as .npy beside it: a run with no Ray loads them in one read (raytrain.data.memory).
+    # The same arrays as .npy beside it: a worker in the calling process loads them in one read (data.memory).
     np.save(path.with_suffix(".x.npy"), np.ascontiguousarray(x))
     np.save(path.with_suffix(".y.npy"), y.astype(np.int64))
 

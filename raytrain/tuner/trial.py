@@ -55,7 +55,8 @@ def run_trial(config: dict, raw: dict, search_json: str, source: str, run_uri: s
     # The trial process is an in-trial trial's one worker, on the node whose cache the preflight just filled: its
     # materialised data is read there as arrays (Ray Data would only carry it from this process to itself).
     here = spec.search.trial.in_trial and prep.info.ingest == "materialize"
-    ingest = _DATASETS.get(key, lambda: driver.in_memory(prep.info) if here else build(exp, prep.info, prep.source))
+    ingest = _DATASETS.get(key, lambda: _read_only(driver.in_memory(prep.info)) if here else
+                           build(exp, prep.info, prep.source))
     plan = RunPlan(exp.model_dump_json(), prep.info.to_json(), steps_per_epoch(exp, prep.info), ingest.shards,
                    launch_time=time.time(), mode="trial", console_lines=False, step_checkpoints=False,
                    report_may_end=True)
@@ -88,6 +89,15 @@ class _Reused:
 
 
 _DATASETS = _Reused()
+
+
+def _read_only(ingest):
+    """Arrays kept for the next trial of a reused process, made read-only: each trial's held copy is its own
+    (`data.memory.InMemory` copies what it may not write), so no trial's in-place op reaches the next trial's data."""
+    for arrays in ingest.datasets.values():
+        arrays.x.setflags(write=False)
+        arrays.y.setflags(write=False)
+    return ingest
 
 
 def _load_clock(clock: RungClock, path: storage.Location) -> None:
