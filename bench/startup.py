@@ -1,7 +1,6 @@
 """Start -> first finished step of `raytrain train` as a user runs it (a fresh process): one worker (no Ray at all:
 one worker, no RAY_ADDRESS) and two (a Ray Train worker group on an embedded Ray with its dashboard), beside the
-floor under the latter: a
-bare TorchTrainer (2 workers, empty function, no raytrain code). Interleaved, `repeats` times each (this VM
+floor under the latter: a bare TorchTrainer (2 workers, empty function, no raytrain code). Interleaved, `repeats` times each (this VM
 drifts); medians reported, every run kept."""
 
 from __future__ import annotations
