@@ -192,8 +192,7 @@ def _train_here(exp, plan, ingest, run_dir, factory, marks, on_ray=True,
                         "latest checkpoint")
 
 
-def startup_breakdown(launch: float, marks: dict, first_row: dict, mode: str, on_ray: bool = True,
-                      arrays: bool = False) -> dict:
+def startup_breakdown(launch: float, marks: dict, first_row: dict, mode: str, on_ray: bool, arrays: bool) -> dict:
     """Seconds spent in each start-up phase, from the command's start to the first finished step. With no
     Ray the phases are imports, data, reading it into memory, and the model; `arrays`: the data went into
     memory as arrays (no Ray Datasets), as it does for every worker in the calling process."""
@@ -206,7 +205,7 @@ def startup_breakdown(launch: float, marks: dict, first_row: dict, mode: str, on
     start = "train_controller_and_worker_group" if mode == "worker-group" else "reserve_resources"
     phases = [("imports_and_ray_init" if on_ray else "imports", "launch", "ray_ready"),
               ("data_prepare", "ray_ready", "data_ready"),
-              ("data_into_memory" if arrays or not on_ray else "datasets_materialize", "data_ready", "datasets_ready"),
+              ("data_into_memory" if arrays else "datasets_materialize", "data_ready", "datasets_ready"),
               *([(start, "datasets_ready", "worker_entered")] if on_ray else []),
               ("model_setup", "worker_entered" if on_ray else "datasets_ready", "model_ready"), ("first_batch_and_step", "model_ready", "first_step")]
     return {name: round(at[b] - at[a], 2) for name, a, b in phases if a in at and b in at}
